@@ -1,0 +1,74 @@
+"""The names that exist under the configured prefixes, from periodic listings.
+
+While a listing is fresh it is authoritative: a name under a listed prefix that the listing
+lacks does not exist, and is answered as a miss with no AWS call. A secret created later is
+seen at the next listing. If listing is denied or failing, nothing is authoritative and every
+lookup goes to the cache and AWS as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from sidecar.metrics import Metrics
+from sidecar.sources import Source, UpstreamError
+
+log = logging.getLogger(__name__)
+
+
+class Catalog:
+    def __init__(
+        self,
+        source: Source,
+        prefixes: list[str],
+        *,
+        interval: float,
+        metrics: Metrics,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._prefixes = prefixes  # each ends with the separator
+        # One missed listing is tolerated before the catalog stops being authoritative.
+        self._max_age = 2 * interval
+        self._metrics = metrics
+        self._timer = timer
+        self._names: frozenset[str] = frozenset()
+        self._listed_at: float | None = None
+        self._denied = False
+
+    def absent(self, name: str) -> bool:
+        """True only when a fresh listing covers `name` and lacks it."""
+        if self._listed_at is None or self._timer() - self._listed_at > self._max_age:
+            return False
+        if name in self._names or not any(name.startswith(prefix) for prefix in self._prefixes):
+            return False
+        self._metrics.lookups.labels("listed_absent").inc()
+        return True
+
+    async def refresh(self) -> frozenset[str]:
+        """List every prefix; raises UpstreamError, and keeps the last listing, if that fails."""
+        names: set[str] = set()
+        try:
+            for prefix in self._prefixes:
+                names |= await self._source.list_names(prefix)
+        except UpstreamError as error:
+            if not error.transient and not self._denied:
+                self._denied = True
+                log.warning(
+                    "%s was refused (%s): looking up each key on demand instead. Allow the %s "
+                    "permission on the sidecar's role to cut AWS calls.",
+                    self._source.list_permission,
+                    error.code,
+                    self._source.list_permission,
+                )
+            raise
+        if self._denied:
+            log.info("%s works again: absent names are answered from the listing", self._source.list_permission)
+            self._denied = False
+        self._names = frozenset(names)
+        self._listed_at = self._timer()
+        self._metrics.last_listing.set_to_current_time()
+        log.info("listed %d secrets under %d prefixes", len(names), len(self._prefixes))
+        return self._names

@@ -1,0 +1,171 @@
+"""`airflow-secrets-sidecar serve | demo | get | check`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from urllib.parse import quote
+
+from sidecar import __version__
+from sidecar.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("sidecar")
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    """Daemon flags. Defaults are None so that unset flags fall through to SIDECAR_* variables."""
+    add = parser.add_argument
+    add("--host", help="address to listen on (default 127.0.0.1; SIDECAR_HOST)")
+    add("--port", help="port to listen on (default 2779; SIDECAR_PORT)")
+    add("--unix-socket", help="listen on this Unix socket instead of TCP (SIDECAR_UNIX_SOCKET)")
+    add("--allow-remote", action="store_const", const="true", help="allow a non-loopback --host")
+    add("--token-file", help="file holding the token (SIDECAR_TOKEN_FILE; or set SIDECAR_TOKEN)")
+    add("--no-token", action="store_true", help="accept requests without a token: local development ONLY")
+    add("--backend-kwargs", help="the provider backend's kwargs JSON (SIDECAR_BACKEND_KWARGS)")
+    add("--source", help="secretsmanager (default) or ssm (SIDECAR_SOURCE)")
+    add("--ttl", help="seconds a found value is served from cache (default 300; SIDECAR_TTL)")
+    add("--negative-ttl", help="seconds a miss is remembered (default 60; SIDECAR_NEGATIVE_TTL)")
+    add("--max-stale", help="seconds past TTL a value may be served while AWS fails (default 21600)")
+    add("--max-entries", help="cache size limit (default 10000; SIDECAR_MAX_ENTRIES)")
+    add(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="list the prefixes at start and every --list-interval (default on; SIDECAR_WARMUP)",
+    )
+    add("--list-interval", help="seconds between listings (default: the TTL; SIDECAR_LIST_INTERVAL)")
+    add("--max-upstream", help="AWS calls in flight at once (default 32; SIDECAR_MAX_UPSTREAM)")
+    add("--max-requests", help="requests in flight before 429 (default 512; SIDECAR_MAX_REQUESTS)")
+    add("--request-timeout", help="seconds a request may wait on AWS (default 8; SIDECAR_REQUEST_TIMEOUT)")
+    add("--log-level", help="debug, info, warning or error (default info; SIDECAR_LOG_LEVEL)")
+    add("--log-format", help="text or json (default text; SIDECAR_LOG_FORMAT)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="airflow-secrets-sidecar",
+        description="A caching AWS Secrets Manager sidecar for Apache Airflow.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _serve_flags(commands.add_parser("serve", help="run the daemon"))
+    _serve_flags(commands.add_parser("check", help="validate the configuration and list the prefixes"))
+    demo = commands.add_parser("demo", help="run the daemon against an embedded AWS emulation")
+    demo.add_argument("--port", default="2779", help="port for the daemon (default 2779)")
+    get = commands.add_parser("get", help="ask a running daemon for one value (prints it)")
+    get.add_argument("kind", choices=["variables", "connections", "config"])
+    get.add_argument("key")
+    get.add_argument("--team")
+    get.add_argument("--url", default=os.environ.get("SIDECAR_URL", "http://127.0.0.1:2779"))
+    return parser
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)  # libraries (botocore, aiohttp, werkzeug) stay quiet ...
+    logging.getLogger("sidecar").setLevel(level)  # ... the daemon says what it does
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "get":
+        return _get(args)
+    if args.command == "demo":
+        from sidecar.demo import run_demo
+
+        return run_demo(port=args.port)
+    try:
+        settings = load_settings(args, os.environ)
+    except ConfigError as exc:
+        print(f"airflow-secrets-sidecar: configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level, settings.log_format)
+    if args.command == "check":
+        return asyncio.run(_check(settings))
+    return run_serve(settings)
+
+
+def run_serve(settings: Settings) -> int:
+    from sidecar.daemon import serve
+
+    if settings.no_token:
+        log.warning("--no-token: ANY process on this host can read these secrets. Local development only!")
+    try:
+        asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"airflow-secrets-sidecar: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"airflow-secrets-sidecar: cannot listen: {exc} (change --port / SIDECAR_PORT)", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _check(settings: Settings) -> int:
+    from sidecar.metrics import Metrics
+    from sidecar.resolver import listed_prefixes
+    from sidecar.sources import UpstreamError, open_source
+
+    print(f"configuration ok: source {settings.source}, ttl {settings.ttl:g}s, negative ttl {settings.negative_ttl:g}s")
+    async with open_source(settings, Metrics()) as source:
+        for prefix in listed_prefixes(settings.store):
+            try:
+                names = await source.list_names(prefix)
+            except UpstreamError as exc:
+                print(f"{prefix}*: {exc} ({exc.hint})")
+                return 1
+            print(f"{prefix}*: {len(names)} secrets")
+    return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    path = f"/v1/{args.kind}/{quote(args.key, safe='')}"
+    if args.team:
+        path += f"?team={quote(args.team, safe='')}"
+    token = os.environ.get("SIDECAR_TOKEN", "")
+    if not token and os.environ.get("SIDECAR_TOKEN_FILE"):
+        with open(os.environ["SIDECAR_TOKEN_FILE"], encoding="utf-8") as handle:
+            token = handle.read().strip()
+    request = urllib.request.Request(args.url.rstrip("/") + path, headers={"X-Sidecar-Token": token})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body = json.load(response)
+            print(body["value"])
+            print(
+                f"({response.headers.get('X-Cache')}, {1000 * (time.perf_counter() - started):.1f} ms)", file=sys.stderr
+            )
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"{exc.code}: {exc.read().decode('utf-8', 'replace')}", file=sys.stderr)
+        return 1 if exc.code == 404 else 2
+    except OSError as exc:
+        print(f"cannot reach the sidecar at {args.url}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,354 @@
+"""One `Settings` object from CLI flags, `SIDECAR_*` environment variables and defaults.
+
+Flags win over environment variables. Every error names the flag and the variable to change,
+and never echoes a token or the backend kwargs JSON (it may hold credentials).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+KINDS = ("variables", "connections", "config")
+SOURCES = ("secretsmanager", "ssm")
+
+# The provider backends' own defaults, so an empty SIDECAR_BACKEND_KWARGS behaves like theirs.
+DEFAULT_PREFIXES: dict[str, dict[str, str]] = {
+    "secretsmanager": {
+        "variables": "airflow/variables",
+        "connections": "airflow/connections",
+        "config": "airflow/config",
+    },
+    "ssm": {
+        "variables": "/airflow/variables",
+        "connections": "/airflow/connections",
+        "config": "/airflow/config",
+    },
+}
+
+# The keys `_standardize_secret_keys` of the provider knows; `user` is its alias of `login`.
+CONN_FIELDS = ("login", "password", "host", "port", "schema", "conn_type", "extra")
+
+# AWS client options the provider reads from its kwargs (through AwsConnectionWrapper).
+AWS_KEYS = ("role_arn", "assume_role_kwargs", "region_name", "profile_name", "endpoint_url", "verify")
+BACKEND_KWARGS_KEYS = frozenset(
+    [f"{kind}_prefix" for kind in KINDS]
+    + [f"{kind}_lookup_pattern" for kind in KINDS]
+    + ["sep", "extra_conn_words", *AWS_KEYS]
+)
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A setting is invalid. The message names the flag or variable to change."""
+
+
+@dataclass(frozen=True)
+class KindRule:
+    """How one kind (variables, connections, config) maps to secret names."""
+
+    prefix: str | None  # None: this kind is never looked up; "": the bare key is the name
+    lookup_pattern: re.Pattern[str] | None
+
+    def admits(self, key: str) -> bool:
+        if self.prefix is None:
+            return False
+        return self.lookup_pattern is None or self.lookup_pattern.match(key) is not None
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """What `SIDECAR_BACKEND_KWARGS` says: the provider backend's kwargs, parsed."""
+
+    kinds: dict[str, KindRule]
+    sep: str = "/"
+    extra_conn_words: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    role_arn: str | None = None
+    assume_role_kwargs: dict[str, Any] = field(default_factory=dict)
+    region_name: str | None = None
+    profile_name: str | None = None
+    endpoint_url: str | None = None
+    verify: bool | str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    store: StoreSettings
+    host: str = "127.0.0.1"
+    port: int = 2779
+    unix_socket: str | None = None
+    allow_remote: bool = False
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
+    no_token: bool = False
+    source: str = "secretsmanager"
+    ttl: float = 300.0
+    negative_ttl: float = 60.0
+    max_stale: float = 21600.0
+    max_entries: int = 10000
+    warmup: bool = True
+    list_interval: float = 300.0
+    log_level: str = "INFO"
+    log_format: str = "text"
+    # AWS calls in flight at once; also sizes the HTTP connection pool to AWS.
+    max_upstream: int = 32
+    # HTTP requests handled at once before the daemon answers 429.
+    max_requests: int = 512
+    # Longest a request waits on AWS before it gets a 503.
+    request_timeout: float = 8.0
+
+
+# --- parsers: each raises ValueError with a message that completes "must be ..." ---
+
+
+def _positive_float(raw: str) -> float:
+    number = float(raw)
+    if not number > 0 or number != number or number == float("inf"):
+        raise ValueError(f"must be a number of seconds above 0, got {raw!r}")
+    return number
+
+
+def _non_negative_float(raw: str) -> float:
+    number = float(raw)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(f"must be a number of seconds, 0 or more, got {raw!r}")
+    return number
+
+
+def _positive_int(raw: str) -> int:
+    number = int(raw)
+    if number < 1:
+        raise ValueError(f"must be a whole number above 0, got {raw!r}")
+    return number
+
+
+def _port(raw: str) -> int:
+    number = int(raw)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"must be a port number from 0 to 65535, got {raw!r}")
+    return number
+
+
+def _bool(raw: str | bool) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _number_error(exc: ValueError) -> str:
+    text = str(exc)
+    if text.startswith(("invalid literal", "could not convert")):
+        return "must be a number, got " + text.split(": ", 1)[-1]
+    return text
+
+
+def _setting(
+    args: argparse.Namespace, environ: Mapping[str, str], name: str, parse: Callable[[Any], T], default: T
+) -> T:
+    """Resolve one setting: the flag if given, else `SIDECAR_<NAME>`, else the default."""
+    env_var = f"SIDECAR_{name.upper()}"
+    flag = "--" + name.replace("_", "-")
+    raw = getattr(args, name, None)
+    if raw is None:
+        raw = environ.get(env_var)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"invalid {flag} / {env_var}: {_number_error(exc)}") from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Build the daemon's settings; raises ConfigError naming the first bad setting."""
+    source = _setting(args, environ, "source", _choice(*SOURCES), "secretsmanager")
+    store = parse_backend_kwargs(_setting(args, environ, "backend_kwargs", _text, "{}"), source)
+    ttl = _setting(args, environ, "ttl", _positive_float, 300.0)
+    host = _setting(args, environ, "host", _text, "127.0.0.1")
+    allow_remote = _setting(args, environ, "allow_remote", _bool, False)
+    unix_socket = _setting(args, environ, "unix_socket", _text, None)
+    if not unix_socket and not allow_remote and not _is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {host!r}: --host / SIDECAR_HOST must be a loopback address "
+            "(127.0.0.1, ::1, localhost); set --allow-remote / SIDECAR_ALLOW_REMOTE=true only if "
+            "a network policy keeps everyone else out"
+        )
+    token, token_file = _token(args, environ)
+    return Settings(
+        store=store,
+        host=host,
+        port=_setting(args, environ, "port", _port, 2779),
+        unix_socket=unix_socket,
+        allow_remote=allow_remote,
+        token=token,
+        token_file=token_file,
+        no_token=bool(getattr(args, "no_token", False)),
+        source=source,
+        ttl=ttl,
+        negative_ttl=_setting(args, environ, "negative_ttl", _non_negative_float, 60.0),
+        max_stale=_setting(args, environ, "max_stale", _non_negative_float, 21600.0),
+        max_entries=_setting(args, environ, "max_entries", _positive_int, 10000),
+        warmup=_setting(args, environ, "warmup", _bool, True),
+        list_interval=_setting(args, environ, "list_interval", _positive_float, ttl),
+        log_level=_setting(args, environ, "log_level", _choice("debug", "info", "warning", "error"), "info").upper(),
+        log_format=_setting(args, environ, "log_format", _choice("text", "json"), "text"),
+        max_upstream=_setting(args, environ, "max_upstream", _positive_int, 32),
+        max_requests=_setting(args, environ, "max_requests", _positive_int, 512),
+        request_timeout=_setting(args, environ, "request_timeout", _positive_float, 8.0),
+    )
+
+
+def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The token: `--token-file`, else `SIDECAR_TOKEN_FILE`, else `SIDECAR_TOKEN`."""
+    token_file = getattr(args, "token_file", None) or environ.get("SIDECAR_TOKEN_FILE") or None
+    no_token = bool(getattr(args, "no_token", False))
+    if token_file:
+        return read_token_file(token_file), token_file
+    token = environ.get("SIDECAR_TOKEN") or None
+    if token is not None:
+        check_token(token, "SIDECAR_TOKEN")
+        return token, None
+    if no_token:
+        return None, None
+    raise ConfigError(
+        "no token: set SIDECAR_TOKEN or SIDECAR_TOKEN_FILE (or --token-file) to a random string of "
+        "16+ characters, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`; "
+        "--no-token is for local development only"
+    )
+
+
+def check_token(token: str, origin: str) -> None:
+    if len(token) < 16:
+        raise ConfigError(f"the token from {origin} is too short: use 16 characters or more")
+    if not token.isprintable() or token != token.strip():
+        raise ConfigError(f"the token from {origin} holds spaces or control characters")
+
+
+def read_token_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            f"cannot read the token file {path!r} (--token-file / SIDECAR_TOKEN_FILE): {reason}"
+        ) from None
+    check_token(token, f"the token file {path!r}")
+    return token
+
+
+# --- SIDECAR_BACKEND_KWARGS: the provider's JSON, unchanged ---
+
+_KWARGS = "--backend-kwargs / SIDECAR_BACKEND_KWARGS"
+
+
+def parse_backend_kwargs(raw: str, source: str = "secretsmanager") -> StoreSettings:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        # The position only: the text may hold credentials.
+        raise ConfigError(f"{_KWARGS} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_KWARGS} must be a JSON object, like the provider's backend_kwargs")
+    unknown = sorted(set(data) - BACKEND_KWARGS_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{_KWARGS} has unsupported keys {unknown}; supported: {sorted(BACKEND_KWARGS_KEYS)}. "
+            "Give AWS credentials through the standard chain (env, profile, IRSA, instance role)"
+        )
+    sep = _typed(data, "sep", str, "/")
+    if not sep:
+        raise ConfigError(f"{_KWARGS}: 'sep' must not be empty")
+    kinds = {}
+    for kind in KINDS:
+        prefix_key = f"{kind}_prefix"
+        prefix = data[prefix_key] if prefix_key in data else DEFAULT_PREFIXES[source][kind]
+        if prefix is not None and not isinstance(prefix, str):
+            raise ConfigError(f"{_KWARGS}: {prefix_key!r} must be a string or null")
+        if prefix and source == "secretsmanager":
+            prefix = prefix.rstrip(sep)  # as the provider does
+        kinds[kind] = KindRule(prefix, _pattern(data, f"{kind}_lookup_pattern"))
+    verify = data.get("verify")
+    if verify is not None and not isinstance(verify, (bool, str)):
+        raise ConfigError(f"{_KWARGS}: 'verify' must be true, false or a CA bundle path")
+    return StoreSettings(
+        kinds=kinds,
+        sep=sep,
+        extra_conn_words=_extra_conn_words(data.get("extra_conn_words")),
+        role_arn=_typed(data, "role_arn", str, None),
+        assume_role_kwargs=_typed(data, "assume_role_kwargs", dict, {}),
+        region_name=_typed(data, "region_name", str, None),
+        profile_name=_typed(data, "profile_name", str, None),
+        endpoint_url=_typed(data, "endpoint_url", str, None),
+        verify=verify,
+    )
+
+
+def _typed(data: dict[str, Any], key: str, kind: type[T], default: Any) -> Any:
+    value = data.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise ConfigError(f"{_KWARGS}: {key!r} must be a {'string' if kind is str else 'JSON object'}")
+    return value
+
+
+def _pattern(data: dict[str, Any], key: str) -> re.Pattern[str] | None:
+    pattern = _typed(data, key, str, None)
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern, re.IGNORECASE)  # the provider uses re.match(..., re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(f"{_KWARGS}: {key!r} is not a valid regular expression: {exc}") from None
+
+
+def _extra_conn_words(value: Any) -> dict[str, tuple[str, ...]]:
+    if value is None:
+        return {}
+    allowed = ("user", *CONN_FIELDS)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{_KWARGS}: 'extra_conn_words' must be an object of lists, like {{'login': ['usr']}}")
+    words: dict[str, tuple[str, ...]] = {}
+    for conn_field, extra in value.items():
+        if conn_field not in allowed:
+            raise ConfigError(f"{_KWARGS}: 'extra_conn_words' key {conn_field!r} is not one of {list(allowed)}")
+        if not isinstance(extra, list) or not all(isinstance(word, str) for word in extra):
+            raise ConfigError(f"{_KWARGS}: 'extra_conn_words'[{conn_field!r}] must be a list of strings")
+        target = "login" if conn_field == "user" else conn_field
+        words[target] = (*words.get(target, ()), *extra)
+    return words

@@ -1,0 +1,196 @@
+"""Assembles source, cache, catalog, resolver and server, and runs them until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import socket
+import stat
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from sidecar.cache import Cache
+from sidecar.catalog import Catalog
+from sidecar.config import ConfigError, Settings
+from sidecar.metrics import Metrics
+from sidecar.resolver import Resolver, listed_prefixes
+from sidecar.server import Readiness, Token, build_app
+from sidecar.sources import UpstreamError, open_source
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish after SIGTERM
+WARMUP_RETRY_MAX = 30.0
+
+
+class Daemon:
+    """One running sidecar. `background=False` leaves warm-up and refresh passes to the caller."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        timer: Callable[[], float] = time.monotonic,
+        jitter: Callable[[float, float], float] = random.uniform,
+        background: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.readiness = Readiness()
+        self._timer = timer
+        self._jitter = jitter
+        self._background = background
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.source = await self._stack.enter_async_context(open_source(settings, self.metrics))
+        self.cache = Cache(
+            self.source.get,
+            fetch_many=self.source.get_many,
+            ttl=settings.ttl,
+            negative_ttl=settings.negative_ttl,
+            max_stale=settings.max_stale,
+            max_entries=settings.max_entries,
+            metrics=self.metrics,
+            timer=self._timer,
+            jitter=self._jitter,
+        )
+        self.catalog = Catalog(
+            self.source,
+            listed_prefixes(settings.store),
+            interval=settings.list_interval,
+            metrics=self.metrics,
+            timer=self._timer,
+        )
+        self.resolver = Resolver(settings.store, self.cache, self.catalog if settings.warmup else None)
+        app = build_app(settings, self.resolver, self.metrics, self.readiness, Token(settings))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
+        await self._runner.setup()
+        await self._listen(self._runner)
+        if not settings.warmup:
+            self.readiness.ready = True
+        if self._background:
+            if settings.warmup:
+                self._spawn(self._warm_up_then_list())
+            self._spawn(self.cache.run_refresher(every=min(1.0, settings.ttl / 20)))
+
+    async def warm_up(self) -> None:
+        """List the prefixes and load every value found; retry until AWS answers or refuses."""
+        delay = 1.0
+        while True:
+            try:
+                names = await self.catalog.refresh()
+                break
+            except UpstreamError as error:
+                if not error.transient:
+                    names = frozenset()  # listing denied: lazy lookups, already logged
+                    break
+                self.readiness.reason = f"AWS not usable yet: {error.code} ({error.hint})"
+                log.warning("warm-up: %s; retrying in %.0fs", self.readiness.reason, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, WARMUP_RETRY_MAX)
+        if names:
+            try:
+                for name, value in (await self.source.get_many(sorted(names))).items():
+                    self.cache.put(name, value)
+            except UpstreamError as error:
+                log.warning("warm-up could not load values (%s): they are fetched on first use", error.code)
+        self.readiness.ready = True
+        log.info("ready: %d entries cached", len(self.cache))
+
+    async def list_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.list_interval)
+            with contextlib.suppress(UpstreamError):
+                await self.catalog.refresh()
+
+    async def _warm_up_then_list(self) -> None:
+        await self.warm_up()
+        await self.list_forever()
+
+    def _spawn(self, coroutine: object) -> None:
+        self._tasks.append(asyncio.ensure_future(coroutine))  # type: ignore[arg-type]
+
+    async def _listen(self, runner: web.AppRunner) -> None:
+        settings = self.settings
+        if settings.unix_socket:
+            path = settings.unix_socket
+            _remove_stale_socket(path)
+            old_umask = os.umask(0o117)  # the socket is born 0660: no window with wider access
+            try:
+                await web.UnixSite(runner, path).start()
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, 0o660)
+            self.url = f"unix:{path}"
+        else:
+            site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+            await site.start()
+            host, port = runner.addresses[0][:2]
+            self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish, then close the AWS client."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stack.aclose()
+        if self.settings.unix_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.settings.unix_socket)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead daemon; refuse to touch anything else."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"--unix-socket / SIDECAR_UNIX_SOCKET: {path!r} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"--unix-socket / SIDECAR_UNIX_SOCKET: another process listens on {path!r}")
+
+
+async def serve(settings: Settings, on_started: Callable[[Daemon], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    daemon = Daemon(settings)
+    try:
+        await daemon.start()
+        log.info(
+            "serving %s secrets on %s (ttl %gs, negative ttl %gs)",
+            settings.source,
+            daemon.url,
+            settings.ttl,
+            settings.negative_ttl,
+        )
+        if on_started is not None:
+            on_started(daemon)
+        await stop.wait()
+        log.info("stopping: finishing requests in flight")
+    finally:
+        await daemon.stop()
+    log.info("stopped")

@@ -1,0 +1,100 @@
+"""Airflow's semantics: which secret names a variable, connection or config key maps to.
+
+It mirrors the provider's `SecretsManagerBackend`: `<prefix><sep><key>`, a null prefix turns
+a kind off, an empty one means the bare key, lookup patterns are checked before any AWS call,
+the team-scoped name `<prefix><sep><team>--<key>` is tried before the global one, and JSON
+connection secrets are normalised with the provider's alias words.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from sidecar.cache import Cache, Status
+from sidecar.catalog import Catalog
+from sidecar.config import StoreSettings
+
+TEAM_SEP = "--"
+
+# Secrets Manager's rule for names; anything else cannot exist, so it is a miss with no call.
+VALID_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
+
+# The provider's alias words for each connection field, in its order.
+CONN_WORDS: dict[str, tuple[str, ...]] = {
+    "login": ("login", "user", "username", "user_name"),
+    "password": ("password", "pass", "key"),
+    "host": ("host", "remote_host", "server"),
+    "port": ("port",),
+    "schema": ("database", "schema"),
+    "conn_type": ("conn_type", "conn_id", "connection_type", "engine"),
+    "extra": ("extra",),
+}
+
+_SEVERITY = {Status.HIT: 0, Status.MISS: 1, Status.STALE: 2}
+
+
+class InvalidSecret(Exception):
+    """A stored secret cannot be served as what Airflow asked for (never holds the value)."""
+
+
+class Resolver:
+    def __init__(self, store: StoreSettings, cache: Cache, catalog: Catalog | None = None) -> None:
+        self._store = store
+        self._cache = cache
+        self._catalog = catalog
+        self._conn_words = {field: words + store.extra_conn_words.get(field, ()) for field, words in CONN_WORDS.items()}
+
+    def names(self, kind: str, key: str, team: str | None = None) -> list[str]:
+        """The secret names to try for `key`, in order; empty when none may be looked up."""
+        rule = self._store.kinds[kind]
+        if not rule.admits(key) or not _safe_key(key, self._store.sep):
+            return []
+        prefix = rule.prefix
+        if not prefix:
+            candidates = [key]
+        else:
+            candidates = [f"{prefix}{self._store.sep}{key}"]
+            if team and kind != "config":
+                candidates.insert(0, f"{prefix}{self._store.sep}{team}{TEAM_SEP}{key}")
+        return [name for name in candidates if VALID_NAME.fullmatch(name)]
+
+    async def resolve(
+        self, kind: str, key: str, team: str | None = None, refresh: bool = False
+    ) -> tuple[str | None, Status]:
+        """The value Airflow should get for `key` (None: not found) and the cache's status."""
+        status = Status.HIT
+        for name in self.names(kind, key, team):
+            if not refresh and self._catalog is not None and self._catalog.absent(name):
+                continue  # the fresh listing says it does not exist: no AWS call
+            value, got = await self._cache.get(name, refresh=refresh)
+            status = max(status, got, key=_SEVERITY.__getitem__)
+            if value is not None:
+                return (self._normalise_connection(value) if kind == "connections" else value), status
+        return None, status
+
+    def _normalise_connection(self, value: str) -> str:
+        """JSON connections get the provider's field aliases; URIs pass through untouched."""
+        if not value.strip().startswith("{"):
+            return value
+        try:
+            secret: Any = json.loads(value)
+        except json.JSONDecodeError:
+            raise InvalidSecret("the connection secret starts with '{' but is not valid JSON") from None
+        standard = {
+            field: next((v for k, v in secret.items() if k in words), None) for field, words in self._conn_words.items()
+        }
+        return json.dumps(standard)
+
+
+def listed_prefixes(store: StoreSettings) -> list[str]:
+    """The name prefixes a listing can be authoritative for (an empty prefix is not one)."""
+    return sorted({f"{rule.prefix}{store.sep}" for rule in store.kinds.values() if rule.prefix})
+
+
+def _safe_key(key: str, sep: str) -> bool:
+    """No empty, leading-separator or `..` segments: a key names one secret below its prefix."""
+    if not key or key.startswith(sep):
+        return False
+    return ".." not in key.split(sep) and ".." not in key.split("/")

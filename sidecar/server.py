@@ -1,0 +1,171 @@
+"""The HTTP face of the daemon: routes, the token check, request limits, JSON errors.
+
+Contract (DESIGN.md): `GET /v1/{variables,connections,config}/{key}` with `team=` and
+`refresh=true`; 200 `{"value": ...}` + `X-Cache`, 404 `not_found`, 401 bad token, 400 forwarded,
+429 over the limit, 503 upstream failed with nothing usable. `/healthz`, `/readyz`, `/metrics`
+need no token and name no key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from sidecar.config import ConfigError, Settings, read_token_file
+from sidecar.metrics import Metrics
+from sidecar.resolver import InvalidSecret, Resolver
+from sidecar.sources import UpstreamError
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "X-Sidecar-Token"
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+SINGULAR = {"variables": "variable", "connections": "connection", "config": "config option"}
+TOKEN_RECHECK_SECONDS = 1.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
+class Token:
+    """The expected token, re-read when its file changes so rotation needs no restart."""
+
+    def __init__(self, settings: Settings, timer: Callable[[], float] = time.monotonic) -> None:
+        self._value = (settings.token or "").encode()
+        self._file = settings.token_file
+        self._timer = timer
+        self._checked_at = timer()
+        self._stamp = self._file_stamp()
+
+    @property
+    def required(self) -> bool:
+        return bool(self._value)
+
+    def matches(self, offered: str | None) -> bool:
+        self._reload_if_changed()
+        # compare_digest: the time taken does not tell how much of a guess was right.
+        return offered is not None and hmac.compare_digest(offered.encode(), self._value)
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        if not self._file:
+            return None
+        try:
+            stat = os.stat(self._file)
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+    def _reload_if_changed(self) -> None:
+        if not self._file or self._timer() - self._checked_at < TOKEN_RECHECK_SECONDS:
+            return
+        self._checked_at = self._timer()
+        stamp = self._file_stamp()
+        if stamp is None or stamp == self._stamp:
+            return
+        try:
+            self._value = read_token_file(self._file).encode()
+        except ConfigError as exc:
+            log.error("keeping the previous token: %s", exc)
+            return
+        self._stamp = stamp
+        log.info("token file changed: the new token is in force")
+
+
+class Readiness:
+    """Ready once the first warm-up ended (or failed over to lazy lookups)."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.reason = "warming up"
+
+
+def build_app(
+    settings: Settings, resolver: Resolver, metrics: Metrics, readiness: Readiness, token: Token
+) -> web.Application:
+    in_flight = 0
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal in_flight
+        if "X-Forwarded-For" in request.headers or "Forwarded" in request.headers:
+            return error(400, "forwarded", "forwarded requests are refused: call the sidecar directly")
+        if "Origin" in request.headers:
+            return error(403, "browser", "requests from browsers are refused")
+        if request.body_exists:
+            return error(413, "body_refused", "requests carry no body")
+        if request.path in OPEN_PATHS:
+            return await handler(request)
+        if token.required and not token.matches(request.headers.get(TOKEN_HEADER)):
+            return error(401, "unauthorized", f"missing or wrong {TOKEN_HEADER} header: use the sidecar's token")
+        if in_flight >= settings.max_requests:
+            return error(429, "busy", "too many requests in flight; retry shortly", {"Retry-After": "1"})
+        in_flight += 1
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status == 405:
+                return error(405, "method_not_allowed", "only GET is served")
+            return error(exc.status, "not_found" if exc.status == 404 else "bad_request", exc.reason)
+        finally:
+            in_flight -= 1
+
+    async def lookup(request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        started = time.perf_counter()
+        response = await _answer(request, kind)
+        metrics.requests.labels(kind, str(response.status)).observe(time.perf_counter() - started)
+        return response
+
+    async def _answer(request: web.Request, kind: str) -> web.Response:
+        key = request.match_info["key"]
+        team = request.query.get("team") or None
+        refresh = request.query.get("refresh", "").lower() in ("1", "true", "yes")
+        try:
+            value, status = await asyncio.wait_for(
+                resolver.resolve(kind, key, team=team, refresh=refresh), settings.request_timeout
+            )
+        except UpstreamError as exc:
+            code = "upstream_unavailable" if exc.transient else "upstream_error"
+            log.debug("%s %r: 503 %s", kind, key, exc.code)
+            return error(503, code, f"{exc} ({exc.hint})", {"Retry-After": "1"})
+        except asyncio.TimeoutError:
+            return error(503, "timeout", f"AWS did not answer within {settings.request_timeout:g}s")
+        except InvalidSecret as exc:
+            return error(503, "invalid_secret", str(exc))
+        log.debug("%s %r: %s %s", kind, key, "found" if value is not None else "not found", status.value)
+        headers = {"X-Cache": status.value}
+        if value is None:
+            return web.json_response(
+                {"error": "not_found", "message": f"no such {SINGULAR[kind]}"}, status=404, headers=headers
+            )
+        return web.json_response({"value": value}, headers=headers)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if readiness.ready:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not_ready", "reason": readiness.reason}, status=503)
+
+    async def prometheus(_: web.Request) -> web.Response:
+        response = web.Response(body=metrics.render())
+        response.content_type = "text/plain"
+        response.headers["Content-Type"] = metrics.content_type
+        return response
+
+    app = web.Application(middlewares=[guard])
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/readyz", readyz, allow_head=False)
+    app.router.add_get("/metrics", prometheus, allow_head=False)
+    app.router.add_get(r"/v1/{kind:variables|connections|config}/{key}", lookup, allow_head=False)
+    return app

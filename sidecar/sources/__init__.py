@@ -1,0 +1,37 @@
+"""Secret stores: each fetches names from AWS and knows nothing of Airflow.
+
+A source answers `get(name)` with the secret's string, or None when AWS says the name does not
+exist or cannot be served as a string; any other failure raises `UpstreamError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Protocol
+
+from sidecar.config import Settings
+from sidecar.metrics import Metrics
+from sidecar.sources.aws import UpstreamError
+
+__all__ = ["Source", "UpstreamError", "open_source"]
+
+
+class Source(Protocol):
+    list_permission: str  # the IAM action that listing needs, for the log line when it is denied
+
+    async def get(self, name: str) -> str | None: ...
+
+    async def list_names(self, prefix: str) -> set[str]: ...
+
+    async def get_many(self, names: list[str]) -> dict[str, str | None]: ...
+
+
+@asynccontextmanager
+async def open_source(settings: Settings, metrics: Metrics) -> AsyncIterator[Source]:
+    if settings.source == "ssm":
+        from sidecar.sources.ssm import ParameterStoreSource as source_class
+    else:
+        from sidecar.sources.secretsmanager import SecretsManagerSource as source_class
+    async with source_class.open(settings, metrics) as source:
+        yield source

@@ -1,0 +1,160 @@
+"""The one long-lived aiobotocore client, and the mapping of AWS failures to `UpstreamError`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import aiohttp
+from aiobotocore.client import AioBaseClient
+from aiobotocore.config import AioConfig
+from aiobotocore.credentials import AioAssumeRoleCredentialFetcher, AioDeferredRefreshableCredentials
+from aiobotocore.session import AioSession
+from botocore.credentials import CredentialProvider
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from sidecar.config import StoreSettings
+from sidecar.metrics import Metrics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Codes that may pass: AWS throttles, fails inside, or our credentials are being renewed.
+TRANSIENT_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "InternalServiceError",
+        "InternalServerError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ExpiredTokenException",
+        "ExpiredToken",
+    }
+)
+
+
+class UpstreamError(Exception):
+    """An AWS call failed. `transient` failures may serve stale answers; others never do."""
+
+    def __init__(self, api: str, code: str, transient: bool, detail: str = "") -> None:
+        self.api = api
+        self.code = code
+        self.transient = transient
+        # `detail` is AWS's own message (ARNs, actions): logged, never sent to clients.
+        self.detail = detail
+        super().__init__(f"AWS {api} failed: {code}")
+
+    @property
+    def hint(self) -> str:
+        if self.code in ("AccessDeniedException", "AccessDenied"):
+            return "the sidecar's IAM role lacks a permission; see the README's IAM policy"
+        if self.code in ("NoCredentials", "UnrecognizedClientException", "InvalidSignatureException"):
+            return "the sidecar has no valid AWS credentials; check its role, profile or environment"
+        if self.transient:
+            return "AWS is throttling or unreachable; the sidecar retries with back-off"
+        return "see the sidecar's log"
+
+
+def classify(api: str, exc: BaseException) -> UpstreamError:
+    """Turn any failure of an AWS call into an UpstreamError (secret values never reach it)."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code") or "Unknown")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        transient = code in TRANSIENT_CODES or status >= 500
+        return UpstreamError(api, code, transient, str(error.get("Message") or ""))
+    if isinstance(exc, NoCredentialsError):
+        # Credentials may appear (IMDS, IRSA token refresh): keep serving stale meanwhile.
+        return UpstreamError(api, "NoCredentials", True, str(exc))
+    if isinstance(exc, (BotoCoreError, aiohttp.ClientError, asyncio.TimeoutError, OSError)):
+        return UpstreamError(api, type(exc).__name__, True, str(exc))
+    raise exc
+
+
+class _AssumeRoleProvider(CredentialProvider):
+    """Credentials of `role_arn`, renewed through STS before they expire."""
+
+    METHOD = "assume-role"
+    CANONICAL_NAME = "sidecar-assume-role"
+
+    def __init__(self, base: AioSession, store: StoreSettings) -> None:
+        super().__init__()
+        self._base = base
+        self._store = store
+
+    async def load(self) -> AioDeferredRefreshableCredentials:
+        source_credentials = await self._base.get_credentials()
+        extra_args = {"RoleSessionName": "airflow-secrets-sidecar", **self._store.assume_role_kwargs}
+        fetcher = AioAssumeRoleCredentialFetcher(
+            client_creator=functools.partial(self._base.create_client, region_name=self._store.region_name),
+            source_credentials=source_credentials,
+            role_arn=self._store.role_arn,
+            extra_args=extra_args,
+        )
+        return AioDeferredRefreshableCredentials(refresh_using=fetcher.fetch_credentials, method=self.METHOD)
+
+
+def _session(store: StoreSettings) -> AioSession:
+    session = AioSession(profile=store.profile_name)
+    if store.role_arn:
+        provider = _AssumeRoleProvider(AioSession(profile=store.profile_name), store)
+        session.get_component("credential_provider").insert_before("env", provider)
+    return session
+
+
+@asynccontextmanager
+async def open_client(service: str, store: StoreSettings, max_upstream: int) -> AsyncIterator[AioBaseClient]:
+    """One client for the daemon's life: its connection pool is sized for `max_upstream` calls."""
+    config = AioConfig(
+        # "standard" retries transient errors and throttling with jittered back-off; the cache
+        # serves stale answers meanwhile, so a few quick attempts beat many slow ones.
+        retries={"mode": "standard", "total_max_attempts": 3},
+        connect_timeout=3,
+        read_timeout=10,
+        max_pool_connections=max_upstream,
+    )
+    kwargs: dict[str, Any] = {"config": config}
+    if store.region_name:
+        kwargs["region_name"] = store.region_name
+    if store.endpoint_url:
+        kwargs["endpoint_url"] = store.endpoint_url
+    if store.verify is not None:
+        kwargs["verify"] = store.verify
+    async with _session(store).create_client(service, **kwargs) as client:
+        yield client
+
+
+class Caller:
+    """Runs AWS calls: at most `max_upstream` at once, each counted and classified."""
+
+    def __init__(self, metrics: Metrics, max_upstream: int) -> None:
+        self._metrics = metrics
+        self._slots = asyncio.Semaphore(max_upstream)
+
+    async def __call__(
+        self, api: str, call: Callable[[], Awaitable[T]], ok_codes: frozenset[str] = frozenset()
+    ) -> T | None:
+        """Await `call()`; a ClientError whose code is in `ok_codes` returns None (a miss)."""
+        async with self._slots:
+            try:
+                result = await call()
+            except Exception as exc:
+                if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ok_codes:
+                    self._metrics.upstream_calls.labels(api, "not_found").inc()
+                    return None
+                error = classify(api, exc)
+                self._metrics.upstream_calls.labels(api, "error").inc()
+                raise error from None
+        self._metrics.upstream_calls.labels(api, "ok").inc()
+        return result

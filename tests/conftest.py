@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+
+# The daemon and boto3 find these through the standard credential chain; nothing reaches AWS.
+os.environ.update(
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+    AWS_CONFIG_FILE=os.devnull,
+    AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+)
+
+from sidecar.daemon import Daemon
+from tests.support import TOKEN, AwsEmulator, FakeClock, make_settings
+
+
+@pytest.fixture(scope="session")
+def aws_server() -> Iterator[AwsEmulator]:
+    server = AwsEmulator()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(aws_server: AwsEmulator) -> AwsEmulator:
+    """The emulator, emptied, with fresh call counts."""
+    aws_server.reset()
+    return aws_server
+
+
+@dataclass
+class Running:
+    """A daemon started in this test's event loop, on a real socket, with a fake clock."""
+
+    daemon: Daemon
+    clock: FakeClock
+    http: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return self.daemon.url
+
+    async def get(
+        self,
+        kind: str,
+        key: str,
+        *,
+        team: str | None = None,
+        refresh: bool = False,
+        token: str | None = TOKEN,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any], str | None]:
+        """GET /v1/{kind}/{key}; the key is percent-encoded as the backend does."""
+        from urllib.parse import quote
+
+        params = {}
+        if team:
+            params["team"] = team
+        if refresh:
+            params["refresh"] = "true"
+        sent = dict(headers or {})
+        if token is not None:
+            sent["X-Sidecar-Token"] = token
+        url = f"{self.url}/v1/{kind}/{quote(key, safe='')}"
+        async with self.http.get(url, params=params, headers=sent) as response:
+            return response.status, await response.json(), response.headers.get("X-Cache")
+
+
+@pytest.fixture
+async def start_sidecar(aws: AwsEmulator) -> AsyncIterator[Callable[..., Any]]:
+    """`await start_sidecar(backend_kwargs=..., ttl=...)`: a Daemon with warm-up left to the test."""
+    started: list[Running] = []
+    session = aiohttp.ClientSession()
+
+    async def start(*, backend_kwargs: dict[str, Any] | None = None, warm: bool = False, **env: Any) -> Running:
+        env.setdefault("warmup", "true" if warm else "false")
+        clock = FakeClock()
+        daemon = Daemon(
+            make_settings(aws, backend_kwargs, **env), timer=clock, jitter=lambda a, b: 0.8, background=False
+        )
+        await daemon.start()
+        if warm:
+            await daemon.warm_up()
+        running = Running(daemon, clock, session)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.daemon.stop()
+    await session.close()

@@ -1,0 +1,128 @@
+"""Test helpers: a counting AWS emulation (moto's server mode), a fake clock, settings."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import threading
+from collections import Counter
+from typing import Any
+from urllib.parse import parse_qs
+
+import boto3
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+from sidecar.config import Settings, load_settings
+
+REGION = "us-east-1"
+TOKEN = "test-token-0123456789abcdef"
+
+
+class FakeClock:
+    """A monotonic clock that only moves when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class AwsEmulator(ThreadedMotoServer):
+    """moto in server mode (a real HTTP endpoint) that counts calls and can fail on purpose.
+
+    `calls` counts requests per API as they reach AWS (retries included); `names` records every
+    SecretId / Name asked for. `fail[api] = code` answers that API with that error code.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
+        self.calls: Counter[str] = Counter()
+        self.names: list[str] = []
+        self.fail: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _server_entry(self) -> None:
+        moto_app = DomainDispatcherApplication(create_backend_app)
+
+        def counting_app(environ: dict[str, Any], start_response: Any) -> Any:
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(body)
+            api, names = _describe(environ, body)
+            if api:
+                with self._lock:
+                    self.calls[api] += 1
+                    self.names.extend(names)
+                code = self.fail.get(api) or self.fail.get("*")
+                if code:
+                    status = "500 Internal Server Error" if code.startswith("Internal") else "400 Bad Request"
+                    payload = json.dumps({"__type": code, "message": f"injected {code}"}).encode()
+                    start_response(status, [("Content-Type", "application/x-amz-json-1.1")])
+                    return [payload]
+            return moto_app(environ, start_response)
+
+        self._server = make_server(self._ip_address, self._port, counting_app, True, request_handler=MotoRequestHandler)
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.get_host_and_port()
+        return f"http://{host}:{port}"
+
+    def client(self, service: str = "secretsmanager") -> Any:
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)
+
+    def reset(self) -> None:
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")).read()
+        self.clear_counts()
+        self.fail.clear()
+
+    def clear_counts(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self.names.clear()
+
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def put(self, name: str, value: str | bytes) -> None:
+        client = self.client()
+        if isinstance(value, bytes):
+            client.create_secret(Name=name, SecretBinary=value)
+        else:
+            client.create_secret(Name=name, SecretString=value)
+        self.clear_counts()
+
+
+def _describe(environ: dict[str, Any], body: bytes) -> tuple[str, list[str]]:
+    """The API a request calls and the secret names it asks for."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        api = target.rsplit(".", 1)[-1]
+        try:
+            payload = json.loads(body or b"{}")
+        except ValueError:
+            payload = {}
+        names = [payload[k] for k in ("SecretId", "Name") if isinstance(payload.get(k), str)]
+        names += payload.get("SecretIdList") or payload.get("Names") or []
+        return api, names
+    form = parse_qs(body.decode("utf-8", "replace"))
+    return (form.get("Action") or [""])[0], []
+
+
+def make_settings(aws: AwsEmulator | str, backend_kwargs: dict[str, Any] | None = None, **env: Any) -> Settings:
+    """Settings as the CLI would build them: port 0, the emulator as endpoint, SIDECAR_* from `env`."""
+    endpoint = aws if isinstance(aws, str) else aws.endpoint
+    kwargs = {"region_name": REGION, "endpoint_url": endpoint, **(backend_kwargs or {})}
+    environ = {"SIDECAR_TOKEN": TOKEN, "SIDECAR_BACKEND_KWARGS": json.dumps(kwargs), "SIDECAR_PORT": "0"}
+    environ.update({f"SIDECAR_{name.upper()}": str(value) for name, value in env.items()})
+    return load_settings(argparse.Namespace(), environ)

@@ -1,0 +1,172 @@
+"""The HTTP contract of DESIGN.md, route by route and status by status, over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+
+import pytest
+
+from tests.support import TOKEN
+
+
+async def test_variable_is_a_miss_then_a_hit(aws, start_sidecar):
+    aws.put("airflow/variables/greeting", "hello")
+    sidecar = await start_sidecar()
+
+    assert await sidecar.get("variables", "greeting") == (200, {"value": "hello"}, "miss")
+    assert await sidecar.get("variables", "greeting") == (200, {"value": "hello"}, "hit")
+    assert aws.calls["GetSecretValue"] == 1
+
+
+async def test_connection_and_config_routes(aws, start_sidecar):
+    aws.put("airflow/connections/db", "postgresql://u:p@h:5432/s")
+    aws.put("airflow/config/smtp_password", "pw")
+    sidecar = await start_sidecar()
+
+    assert (await sidecar.get("connections", "db"))[:2] == (200, {"value": "postgresql://u:p@h:5432/s"})
+    assert (await sidecar.get("config", "smtp_password"))[:2] == (200, {"value": "pw"})
+
+
+async def test_not_found_is_404_and_cached_as_a_miss(aws, start_sidecar):
+    sidecar = await start_sidecar()
+
+    status, body, cache = await sidecar.get("variables", "absent")
+    assert (status, body["error"], cache) == (404, "not_found", "miss")
+    assert (await sidecar.get("variables", "absent"))[2] == "hit"
+    assert aws.calls["GetSecretValue"] == 1
+
+
+@pytest.mark.parametrize("key", ["with space", "semi;colon", "a" * 600, "ü", "../escape", "/leading"])
+async def test_a_name_that_cannot_exist_is_404_without_an_aws_call(aws, start_sidecar, key):
+    sidecar = await start_sidecar()
+
+    assert (await sidecar.get("variables", key))[0] == 404
+    assert aws.total() == 0
+
+
+async def test_refresh_true_bypasses_the_cache_once(aws, start_sidecar):
+    aws.put("airflow/variables/v", "one")
+    sidecar = await start_sidecar()
+    await sidecar.get("variables", "v")
+    aws.client().put_secret_value(SecretId="airflow/variables/v", SecretString="two")
+
+    assert (await sidecar.get("variables", "v"))[1] == {"value": "one"}
+    assert (await sidecar.get("variables", "v", refresh=True))[:2] == (200, {"value": "two"})
+    assert (await sidecar.get("variables", "v"))[1:] == ({"value": "two"}, "hit")
+
+
+async def test_team_scoped_name_is_tried_before_the_global_one(aws, start_sidecar):
+    aws.put("airflow/variables/ops--v", "team value")
+    aws.put("airflow/variables/v", "global value")
+    aws.put("airflow/variables/w", "only global")
+    sidecar = await start_sidecar()
+
+    assert (await sidecar.get("variables", "v", team="ops"))[1] == {"value": "team value"}
+    assert (await sidecar.get("variables", "v"))[1] == {"value": "global value"}
+    assert (await sidecar.get("variables", "w", team="ops"))[1] == {"value": "only global"}
+    assert (await sidecar.get("variables", "v", team="other"))[1] == {"value": "global value"}
+
+
+@pytest.mark.parametrize("token", [None, "", "wrong-token-0123456789", TOKEN + "x", TOKEN[:-1]])
+async def test_missing_or_wrong_token_is_401(aws, start_sidecar, token):
+    aws.put("airflow/variables/v", "secret")
+    sidecar = await start_sidecar()
+
+    status, body, _ = await sidecar.get("variables", "v", token=token)
+    assert (status, body["error"]) == (401, "unauthorized")
+    assert "secret" not in json.dumps(body)
+    assert aws.total() == 0
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded"])
+async def test_forwarded_request_is_400(aws, start_sidecar, header):
+    sidecar = await start_sidecar()
+
+    status, body, _ = await sidecar.get("variables", "v", headers={header: "10.0.0.1"})
+    assert (status, body["error"]) == (400, "forwarded")
+
+
+async def test_browser_request_is_403(aws, start_sidecar):
+    sidecar = await start_sidecar()
+
+    status, body, _ = await sidecar.get("variables", "v", headers={"Origin": "http://evil.example"})
+    assert (status, body["error"]) == (403, "browser")
+
+
+async def test_unknown_route_and_method_are_json_errors(aws, start_sidecar):
+    sidecar = await start_sidecar()
+    headers = {"X-Sidecar-Token": TOKEN}
+    async with sidecar.http.get(f"{sidecar.url}/v1/secrets/x", headers=headers) as response:
+        assert (response.status, (await response.json())["error"]) == (404, "not_found")
+    async with sidecar.http.post(f"{sidecar.url}/v1/variables/x", headers=headers) as response:
+        assert response.status == 405
+        assert (await response.json())["error"] == "method_not_allowed"
+
+
+async def test_health_ready_and_metrics_need_no_token_and_name_no_key(aws, start_sidecar):
+    aws.put("airflow/variables/very_private_name", "value-1234")
+    sidecar = await start_sidecar(warmup="true")
+    async with sidecar.http.get(f"{sidecar.url}/readyz") as response:
+        assert response.status == 503  # warm-up not run yet
+    await sidecar.daemon.warm_up()
+    await sidecar.get("variables", "very_private_name")
+    await sidecar.get("variables", "missing_name")
+
+    for path, expected in (("/healthz", {"status": "ok"}), ("/readyz", {"status": "ready"})):
+        async with sidecar.http.get(sidecar.url + path) as response:
+            assert (response.status, await response.json()) == (200, expected)
+    async with sidecar.http.get(f"{sidecar.url}/metrics") as response:
+        text = await response.text()
+    assert response.status == 200
+    assert 'sidecar_upstream_calls_total{api="ListSecrets",outcome="ok"}' in text
+    assert 'sidecar_cache_lookups_total{result="hit"} 1.0' in text
+    for leak in ("very_private_name", "missing_name", "value-1234", "airflow/"):
+        assert leak not in text
+
+
+def _hanging_endpoint() -> tuple[str, socket.socket]:
+    """An 'AWS' that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.extend(iter(lambda: listener.accept()[0], None)), daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener
+
+
+async def test_over_the_request_limit_is_429_and_a_slow_aws_is_503(aws, start_sidecar):
+    endpoint, listener = _hanging_endpoint()
+    try:
+        sidecar = await start_sidecar(backend_kwargs={"endpoint_url": endpoint}, max_requests=1, request_timeout=0.5)
+        task = asyncio.ensure_future(sidecar.get("variables", "slow"))
+        while not sidecar.daemon.cache._inflight:  # the first request is waiting on "AWS"
+            await asyncio.sleep(0.01)
+        status, body, _ = await sidecar.get("variables", "other")
+        assert (status, body["error"]) == (429, "busy")
+        status, body, _ = await task
+        assert (status, body["error"]) == (503, "timeout")
+    finally:
+        listener.close()
+
+
+async def test_unreachable_aws_is_503_naming_the_cause(aws, start_sidecar):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there
+    sidecar = await start_sidecar(backend_kwargs={"endpoint_url": f"http://127.0.0.1:{port}"})
+
+    status, body, _ = await sidecar.get("variables", "v")
+    assert (status, body["error"]) == (503, "upstream_unavailable")
+    assert "EndpointConnectionError" in body["message"]
+
+
+async def test_a_request_body_is_refused(aws, start_sidecar):
+    sidecar = await start_sidecar()
+    async with sidecar.http.get(
+        f"{sidecar.url}/v1/variables/x", headers={"X-Sidecar-Token": TOKEN}, data=b"payload"
+    ) as response:
+        assert response.status == 413
