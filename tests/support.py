@@ -68,8 +68,15 @@ class AwsEmulator(ThreadedMotoServer):
             return moto_app(environ, start_response)
 
         self._server = make_server(self._ip_address, self._port, counting_app, True, request_handler=MotoRequestHandler)
+        self._port = self._server.server_address[1]  # a restart comes back on the same port
         self._server_ready_event.set()
         self._server.serve_forever()
+
+    def stop(self) -> None:
+        server = self._server
+        super().stop()
+        if server is not None:
+            server.server_close()  # free the port now, so a restart can bind it again
 
     @property
     def endpoint(self) -> str:

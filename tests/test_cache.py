@@ -1,0 +1,266 @@
+"""The cache engine alone: a fetch coroutine we control and a clock that only moves when told."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from sidecar.cache import BACKOFF_FIRST, Cache, Status
+from sidecar.metrics import Metrics
+from sidecar.sources import UpstreamError
+from tests.support import FakeClock
+
+THROTTLED = UpstreamError("GetSecretValue", "ThrottlingException", transient=True)
+DENIED = UpstreamError("GetSecretValue", "AccessDeniedException", transient=False)
+
+
+class Store:
+    """A fake upstream: a dict of answers, a call log, and failures on demand."""
+
+    def __init__(self, **values: str) -> None:
+        self.values: dict[str, str] = dict(values)
+        self.calls: list[str] = []
+        self.batches: list[list[str]] = []
+        self.error: UpstreamError | None = None
+        self.gate: asyncio.Event | None = None
+
+    async def fetch(self, key: str) -> str | None:
+        self.calls.append(key)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return self.values.get(key)
+
+    async def fetch_many(self, keys: list[str]) -> dict[str, str | None]:
+        self.batches.append(keys)
+        if self.error is not None:
+            raise self.error
+        return {key: self.values.get(key) for key in keys}
+
+
+def make_cache(store: Store, clock: FakeClock, *, batch: bool = False, **options: float) -> Cache:
+    settings = {"ttl": 300, "negative_ttl": 60, "max_stale": 3600, "max_entries": 100, **options}
+    return Cache(
+        store.fetch,
+        fetch_many=store.fetch_many if batch else None,
+        metrics=Metrics(),
+        timer=clock,
+        jitter=lambda low, high: 0.8,
+        **settings,  # type: ignore[arg-type]
+    )
+
+
+async def test_found_value_lives_for_the_ttl():
+    store, clock = Store(k="v"), FakeClock()
+    cache = make_cache(store, clock)
+
+    assert await cache.get("k") == ("v", Status.MISS)
+    clock.advance(299.9)
+    assert await cache.get("k") == ("v", Status.HIT)
+    assert store.calls == ["k"]
+    clock.advance(0.1)
+    assert await cache.get("k") == ("v", Status.MISS)
+    assert store.calls == ["k", "k"]
+
+
+async def test_miss_lives_for_the_negative_ttl():
+    store, clock = Store(), FakeClock()
+    cache = make_cache(store, clock)
+
+    assert await cache.get("absent") == (None, Status.MISS)
+    clock.advance(59.9)
+    assert await cache.get("absent") == (None, Status.HIT)
+    clock.advance(0.1)
+    store.values["absent"] = "created"
+    assert await cache.get("absent") == ("created", Status.MISS)
+    assert len(store.calls) == 2
+
+
+async def test_negative_ttl_zero_remembers_no_miss():
+    store, clock = Store(), FakeClock()
+    cache = make_cache(store, clock, negative_ttl=0)
+
+    await cache.get("absent")
+    await cache.get("absent")
+    assert len(store.calls) == 2
+
+
+async def test_entries_are_bounded_least_recently_used_first():
+    store, clock = Store(**{f"k{i}": str(i) for i in range(5)}), FakeClock()
+    cache = make_cache(store, clock, max_entries=3)
+    for key in ("k0", "k1", "k2"):
+        await cache.get(key)
+    await cache.get("k0")  # k1 is now the least recently used
+    await cache.get("k3")
+
+    assert len(cache) == 3
+    store.calls.clear()
+    for key in ("k0", "k2", "k3"):
+        assert (await cache.get(key))[1] is Status.HIT
+    assert (await cache.get("k1"))[1] is Status.MISS
+    assert store.calls == ["k1"]
+
+
+async def test_concurrent_requests_share_one_fetch():
+    store, clock = Store(k="v"), FakeClock()
+    store.gate = asyncio.Event()
+    cache = make_cache(store, clock)
+
+    waiting = [asyncio.ensure_future(cache.get(key)) for key in ["k"] * 300 + ["absent"] * 300]
+    await asyncio.sleep(0)
+    store.gate.set()
+    answers = await asyncio.gather(*waiting)
+
+    assert sorted(store.calls) == ["absent", "k"]
+    assert answers[:300] == [("v", Status.MISS)] * 300
+    assert answers[300:] == [(None, Status.MISS)] * 300
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_shared_fetch():
+    store, clock = Store(k="v"), FakeClock()
+    store.gate = asyncio.Event()
+    cache = make_cache(store, clock)
+
+    first = asyncio.ensure_future(cache.get("k"))
+    second = asyncio.ensure_future(cache.get("k"))
+    await asyncio.sleep(0)
+    first.cancel()
+    store.gate.set()
+    assert await second == ("v", Status.MISS)
+    assert store.calls == ["k"]
+
+
+async def test_transient_failure_serves_the_last_answer_until_max_stale(caplog):
+    store, clock = Store(k="v"), FakeClock()
+    cache = make_cache(store, clock, max_stale=1000)
+    await cache.get("k")
+    await cache.get("absent")
+    store.error = THROTTLED
+    clock.advance(300)
+
+    with caplog.at_level(logging.WARNING, logger="sidecar.cache"):
+        assert await cache.get("k") == ("v", Status.STALE)
+        assert await cache.get("absent") == (None, Status.STALE)
+        for _ in range(5):
+            assert await cache.get("k") == ("v", Status.STALE)
+    outage_warnings = [r for r in caplog.records if "serving cached answers" in r.getMessage()]
+    assert len(outage_warnings) == 1
+
+    clock.advance(1000)  # past ttl + max_stale: nothing left to serve
+    with pytest.raises(UpstreamError):
+        await cache.get("k")
+
+    store.error = None
+    clock.advance(3600)  # past any back-off
+    assert await cache.get("k") == ("v", Status.MISS)
+
+
+async def test_permanent_failure_drops_the_entry_and_serves_nothing_stale():
+    store, clock = Store(k="v"), FakeClock()
+    cache = make_cache(store, clock)
+    await cache.get("k")
+    store.error = DENIED
+    clock.advance(300)
+
+    with pytest.raises(UpstreamError) as raised:
+        await cache.get("k")
+    assert raised.value.code == "AccessDeniedException"
+    store.error = THROTTLED
+    clock.advance(3600)
+    with pytest.raises(UpstreamError):
+        await cache.get("k")  # the value is gone, even though this failure is transient
+
+
+async def test_failing_key_answers_at_once_during_an_exponential_backoff():
+    store, clock = Store(), FakeClock()
+    store.error = THROTTLED
+    cache = make_cache(store, clock)
+
+    for expected_calls, wait in ((1, BACKOFF_FIRST), (2, 2 * BACKOFF_FIRST), (3, 4 * BACKOFF_FIRST)):
+        with pytest.raises(UpstreamError):
+            await cache.get("k")
+        assert len(store.calls) == expected_calls
+        for _ in range(10):  # during the back-off: no AWS call
+            with pytest.raises(UpstreamError):
+                await cache.get("k")
+        assert len(store.calls) == expected_calls
+        clock.advance(wait)
+
+    store.error = None
+    store.values["k"] = "v"
+    assert await cache.get("k") == ("v", Status.MISS)
+
+
+async def test_refresh_bypasses_a_fresh_entry():
+    store, clock = Store(k="v"), FakeClock()
+    cache = make_cache(store, clock)
+    await cache.get("k")
+    store.values["k"] = "w"
+
+    assert await cache.get("k", refresh=True) == ("w", Status.MISS)
+    assert await cache.get("k") == ("w", Status.HIT)
+
+
+async def test_read_entries_are_refreshed_ahead_and_unread_ones_expire():
+    store, clock = Store(read="1", unread="1"), FakeClock()
+    cache = make_cache(store, clock)
+    await cache.get("read")
+    await cache.get("unread")
+    store.calls.clear()
+    await cache.get("read")  # read during its life
+
+    clock.advance(239)  # before the refresh point (0.8 * 300)
+    assert await cache.refresh_due() == 0
+    clock.advance(1)
+    store.values["read"] = "2"
+    assert await cache.refresh_due() == 1
+    assert store.calls == ["read"]
+
+    clock.advance(61)  # past the first expiry: the refreshed entry is still fresh
+    assert await cache.get("read") == ("2", Status.HIT)
+    assert (await cache.get("unread"))[1] is Status.MISS
+
+
+async def test_a_key_read_steadily_is_never_a_miss_after_the_first():
+    store, clock = Store(k="v"), FakeClock()
+    cache = make_cache(store, clock)
+    statuses = []
+    for _ in range(100):  # ten TTLs, a read and a refresh pass every 30 s
+        statuses.append((await cache.get("k"))[1])
+        clock.advance(30)
+        await cache.refresh_due()
+
+    assert statuses[0] is Status.MISS
+    assert set(statuses[1:]) == {Status.HIT}
+    assert len(store.calls) <= 1 + 10 * 300 / 240 + 1
+
+
+async def test_refresh_ahead_batches_entries_coming_due_together():
+    keys = {f"k{i}": str(i) for i in range(30)}
+    store, clock = Store(**keys), FakeClock()
+    cache = make_cache(store, clock, batch=True)
+    for i, key in enumerate(keys):
+        await cache.get(key)
+        await cache.get(key)
+        clock.advance(i % 2)  # fetched over ~15 s
+
+    clock.advance(240 - 15)
+    assert await cache.refresh_due() == 30  # all within the coalescing window: one batch
+    assert len(store.batches) == 1
+
+
+async def test_failed_batch_refresh_keeps_entries_until_they_expire():
+    store, clock = Store(k="v"), FakeClock()
+    cache = make_cache(store, clock, batch=True)
+    await cache.get("k")
+    await cache.get("k")
+    store.error = THROTTLED
+    clock.advance(240)
+
+    assert await cache.refresh_due() == 0
+    assert await cache.get("k") == ("v", Status.HIT)
+    clock.advance(60)
+    assert await cache.get("k") == ("v", Status.STALE)

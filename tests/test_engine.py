@@ -1,0 +1,190 @@
+"""The engine that makes AWS calls rare, through the whole daemon, counted where AWS is (moto)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from tests.support import AwsEmulator
+
+
+async def test_300_concurrent_requests_for_a_cold_key_make_one_call(aws, start_sidecar):
+    aws.put("airflow/variables/cold", "v")
+    sidecar = await start_sidecar()
+
+    answers = await asyncio.gather(*(sidecar.get("variables", "cold") for _ in range(300)))
+    assert all(answer[:2] == (200, {"value": "v"}) for answer in answers)
+    assert aws.calls["GetSecretValue"] == 1
+
+
+async def test_300_concurrent_requests_for_an_absent_key_make_at_most_one_call(aws, start_sidecar):
+    sidecar = await start_sidecar()
+
+    answers = await asyncio.gather(*(sidecar.get("variables", "absent") for _ in range(300)))
+    assert {answer[0] for answer in answers} == {404}
+    assert aws.calls["GetSecretValue"] <= 1
+
+
+async def test_after_warm_up_1000_lookups_over_25_keys_cost_almost_nothing(aws, start_sidecar):
+    for i in range(15):
+        aws.put(f"airflow/variables/var{i}", f"value {i}")
+    for i in range(5):
+        aws.put(f"airflow/connections/conn{i}", f"postgresql://u:p@h/{i}")
+    sidecar = await start_sidecar(warm=True)
+    warm_up_calls = dict(aws.calls)
+    aws.clear_counts()
+    keys = [("variables", f"var{i}") for i in range(15)] + [("connections", f"conn{i}") for i in range(5)]
+    keys += [("variables", f"absent{i}") for i in range(5)]
+
+    for _round in range(40):
+        for kind, key in keys:
+            status, _, cache = await sidecar.get(kind, key)
+            assert status == (404 if key.startswith("absent") else 200)
+            assert cache == "hit"
+
+    assert aws.total() <= 3, aws.calls
+    assert warm_up_calls == {"ListSecrets": 3, "BatchGetSecretValue": 1}
+
+
+async def test_a_key_read_steadily_across_ten_ttls_is_never_a_miss_after_the_first(aws, start_sidecar):
+    aws.put("airflow/variables/steady", "v")
+    sidecar = await start_sidecar(ttl=300)
+    caches = []
+    for _ in range(100):
+        caches.append((await sidecar.get("variables", "steady"))[2])
+        sidecar.clock.advance(30)
+        await sidecar.daemon.cache.refresh_due()
+
+    assert caches[0] == "miss"
+    assert set(caches[1:]) == {"hit"}
+    # one fetch, then one refresh per 0.8 TTL: 3000 s / 240 s
+    assert aws.calls["BatchGetSecretValue"] + aws.calls["GetSecretValue"] <= 1 + 13
+
+
+async def test_aws_down_serves_stale_then_recovers(aws: AwsEmulator, start_sidecar, caplog):
+    aws.put("airflow/variables/known", "v")
+    sidecar = await start_sidecar(ttl=300, max_stale=3600)
+    assert (await sidecar.get("variables", "known"))[2] == "miss"
+    assert (await sidecar.get("variables", "known_absent"))[0] == 404
+    sidecar.clock.advance(301)
+    aws.stop()
+    try:
+        with caplog.at_level(logging.WARNING, logger="sidecar"):
+            for _ in range(3):
+                assert await sidecar.get("variables", "known") == (200, {"value": "v"}, "stale")
+                assert (await sidecar.get("variables", "known_absent"))[::2] == (404, "stale")
+            status, body, _ = await sidecar.get("variables", "never_seen")
+            assert (status, body["error"]) == (503, "upstream_unavailable")
+            failed_calls = _upstream(sidecar, "GetSecretValue", "error")
+            for _ in range(20):  # back-off: answered at once, no new AWS call
+                assert (await sidecar.get("variables", "never_seen"))[0] == 503
+            assert _upstream(sidecar, "GetSecretValue", "error") == failed_calls
+        assert len([r for r in caplog.records if "serving cached answers" in r.getMessage()]) == 1
+    finally:
+        aws.start()
+
+    sidecar.clock.advance(120)  # past the back-off
+    aws.put("airflow/variables/never_seen", "now here")
+    assert await sidecar.get("variables", "known") == (200, {"value": "v"}, "miss")
+    assert (await sidecar.get("variables", "never_seen"))[:2] == (200, {"value": "now here"})
+
+
+async def test_access_denied_serves_nothing_stale(aws, start_sidecar):
+    aws.put("airflow/variables/revoked", "v")
+    sidecar = await start_sidecar(ttl=300)
+    await sidecar.get("variables", "revoked")
+    sidecar.clock.advance(301)
+    aws.fail["GetSecretValue"] = "AccessDeniedException"
+
+    status, body, _ = await sidecar.get("variables", "revoked")
+    assert (status, body["error"]) == (503, "upstream_error")
+    assert "AccessDeniedException" in body["message"]
+    assert "IAM" in body["message"]
+    aws.fail.clear()
+    aws.fail["GetSecretValue"] = "ThrottlingException"
+    sidecar.clock.advance(120)
+    assert (await sidecar.get("variables", "revoked"))[0] == 503  # the old value is gone for good
+
+
+async def test_deleted_secret_stops_being_served_at_expiry(aws, start_sidecar):
+    aws.put("airflow/variables/gone", "v")
+    sidecar = await start_sidecar(ttl=300)
+    await sidecar.get("variables", "gone")
+    aws.client().delete_secret(SecretId="airflow/variables/gone", ForceDeleteWithoutRecovery=True)
+    sidecar.clock.advance(301)
+
+    assert (await sidecar.get("variables", "gone"))[0] == 404
+
+
+async def test_listing_is_authoritative_and_sees_new_secrets_at_the_next_listing(aws, start_sidecar):
+    aws.put("airflow/variables/a", "1")
+    sidecar = await start_sidecar(warm=True, list_interval=60)
+    aws.clear_counts()
+    aws.put("airflow/variables/b", "2")
+
+    assert (await sidecar.get("variables", "b"))[0] == 404
+    assert aws.total() == 0
+    await sidecar.daemon.catalog.refresh()
+    assert (await sidecar.get("variables", "b"))[:2] == (200, {"value": "2"})
+
+
+async def test_a_stale_listing_stops_being_authoritative(aws, start_sidecar):
+    sidecar = await start_sidecar(warm=True, list_interval=60)
+    aws.put("airflow/variables/late", "v")
+    sidecar.clock.advance(121)  # two intervals without a listing
+
+    assert (await sidecar.get("variables", "late"))[:2] == (200, {"value": "v"})
+
+
+async def test_refresh_true_looks_past_the_listing(aws, start_sidecar):
+    sidecar = await start_sidecar(warm=True)
+    aws.put("airflow/variables/new", "v")
+
+    assert (await sidecar.get("variables", "new", refresh=True))[:2] == (200, {"value": "v"})
+
+
+async def test_listing_denied_falls_back_to_lazy_lookups(aws, start_sidecar, caplog):
+    aws.put("airflow/variables/v", "1")
+    aws.fail["ListSecrets"] = "AccessDeniedException"
+    with caplog.at_level(logging.WARNING, logger="sidecar"):
+        sidecar = await start_sidecar(warm=True)
+
+    async with sidecar.http.get(f"{sidecar.url}/readyz") as response:
+        assert response.status == 200
+    assert (await sidecar.get("variables", "v"))[:2] == (200, {"value": "1"})
+    assert (await sidecar.get("variables", "absent"))[0] == 404
+    assert aws.calls["GetSecretValue"] == 2
+    assert any("secretsmanager:ListSecrets" in r.getMessage() for r in caplog.records)
+
+
+async def test_batch_get_denied_falls_back_to_one_by_one(aws, start_sidecar, caplog):
+    aws.put("airflow/variables/v", "1")
+    aws.fail["BatchGetSecretValue"] = "AccessDeniedException"
+    with caplog.at_level(logging.WARNING, logger="sidecar"):
+        sidecar = await start_sidecar(warm=True)
+    aws.clear_counts()
+
+    assert await sidecar.get("variables", "v") == (200, {"value": "1"}, "hit")
+    assert aws.total() == 0
+    assert any("secretsmanager:BatchGetSecretValue" in r.getMessage() for r in caplog.records)
+
+
+async def test_warm_up_waits_for_aws_and_readyz_says_why(aws, start_sidecar):
+    aws.fail["ListSecrets"] = "ThrottlingException"
+    sidecar = await start_sidecar(warmup="true")
+    warm_up = asyncio.ensure_future(sidecar.daemon.warm_up())
+    while aws.calls["ListSecrets"] < 1:
+        await asyncio.sleep(0.01)
+    async with sidecar.http.get(f"{sidecar.url}/readyz") as response:
+        body = await response.json()
+    assert response.status == 503
+    aws.fail.clear()
+    await asyncio.wait_for(warm_up, 30)
+    async with sidecar.http.get(f"{sidecar.url}/readyz") as response:
+        assert response.status == 200
+    assert body["status"] == "not_ready"
+
+
+def _upstream(sidecar, api: str, outcome: str) -> float:
+    registry = sidecar.daemon.metrics.registry
+    return registry.get_sample_value("sidecar_upstream_calls_total", {"api": api, "outcome": outcome}) or 0.0
