@@ -34,6 +34,8 @@ REFRESH_AT = (0.75, 0.85)  # refresh-ahead point, as a jittered fraction of the 
 COALESCE = 0.1
 BACKOFF_FIRST = 1.0  # seconds
 BACKOFF_MAX = 60.0
+# `refresh=true` re-fetches a key at most this often: callers cannot run up the AWS bill.
+REFRESH_MIN_INTERVAL = 5.0
 
 
 class Status(str, enum.Enum):
@@ -45,6 +47,7 @@ class Status(str, enum.Enum):
 @dataclass
 class Entry:
     value: str | None
+    fetched_at: float
     fresh_until: float
     refresh_at: float
     read: bool = False  # read since it was fetched: worth refreshing ahead of expiry
@@ -95,6 +98,8 @@ class Cache:
         """The answer for `key` and where it came from; raises UpstreamError if there is none."""
         now = self._timer()
         entry = self._entries.get(key)
+        if refresh and entry is not None and now - entry.fetched_at < REFRESH_MIN_INTERVAL:
+            refresh = False  # fetched moments ago: that answer is as good as a new one
         if entry is not None and not refresh and now < entry.fresh_until:
             entry.read = True
             self._metrics.lookups.labels("hit" if entry.value is not None else "negative_hit").inc()
@@ -182,7 +187,7 @@ class Cache:
             self._entries.pop(key, None)
             return
         refresh_at = now + life * self._jitter(*REFRESH_AT)
-        self._entries[key] = Entry(value, fresh_until=now + life, refresh_at=refresh_at)
+        self._entries[key] = Entry(value, fetched_at=now, fresh_until=now + life, refresh_at=refresh_at)
 
     def _note_failure(self, key: str, error: UpstreamError) -> None:
         previous = self._failures.get(key)

@@ -26,6 +26,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--host", help="address to listen on (default 127.0.0.1; SIDECAR_HOST)")
     add("--port", help="port to listen on (default 2779; SIDECAR_PORT)")
     add("--unix-socket", help="listen on this Unix socket instead of TCP (SIDECAR_UNIX_SOCKET)")
+    add("--unix-socket-group", help="group that may use the Unix socket (SIDECAR_UNIX_SOCKET_GROUP)")
     add("--allow-remote", action="store_const", const="true", help="allow a non-loopback --host")
     add("--token-file", help="file holding the token (SIDECAR_TOKEN_FILE; or set SIDECAR_TOKEN)")
     add("--no-token", action="store_true", help="accept requests without a token: local development ONLY")
@@ -44,6 +45,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--list-interval", help="seconds between listings (default: the TTL; SIDECAR_LIST_INTERVAL)")
     add("--max-upstream", help="AWS calls in flight at once (default 32; SIDECAR_MAX_UPSTREAM)")
     add("--max-requests", help="requests in flight before 429 (default 512; SIDECAR_MAX_REQUESTS)")
+    add("--max-connections", help="open connections before 429 (default 1024; SIDECAR_MAX_CONNECTIONS)")
     add("--request-timeout", help="seconds a request may wait on AWS (default 8; SIDECAR_REQUEST_TIMEOUT)")
     add("--log-level", help="debug, info, warning or error (default info; SIDECAR_LOG_LEVEL)")
     add("--log-format", help="text or json (default text; SIDECAR_LOG_FORMAT)")
@@ -91,6 +93,9 @@ def setup_logging(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)  # libraries (botocore, aiohttp, werkzeug) stay quiet ...
     logging.getLogger("sidecar").setLevel(level)  # ... the daemon says what it does
+    # aiohttp logs each malformed request with a traceback that may quote its bytes (a token);
+    # a stranger's garbage is not worth an ERROR, and our own handler errors are logged by server.py.
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_serve(settings: Settings) -> int:
     from sidecar.daemon import serve
 
-    if settings.no_token:
+    if settings.token is None:
         log.warning("--no-token: ANY process on this host can read these secrets. Local development only!")
     try:
         asyncio.run(serve(settings))

@@ -83,6 +83,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 2779
     unix_socket: str | None = None
+    unix_socket_group: str | None = None
     allow_remote: bool = False
     token: str | None = field(default=None, repr=False)
     token_file: str | None = None
@@ -100,6 +101,8 @@ class Settings:
     max_upstream: int = 32
     # HTTP requests handled at once before the daemon answers 429.
     max_requests: int = 512
+    # Open client connections (keep-alive ones included) before the daemon answers 429.
+    max_connections: int = 1024
     # Longest a request waits on AWS before it gets a 503.
     request_timeout: float = 8.0
 
@@ -160,6 +163,16 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _group(raw: str) -> str:
+    import grp
+
+    try:
+        grp.getgrnam(raw)
+    except KeyError:
+        raise ValueError(f"no such group {raw!r} on this host") from None
+    return raw
+
+
 def _number_error(exc: ValueError) -> str:
     text = str(exc)
     if text.startswith(("invalid literal", "could not convert")):
@@ -213,6 +226,7 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         host=host,
         port=_setting(args, environ, "port", _port, 2779),
         unix_socket=unix_socket,
+        unix_socket_group=_setting(args, environ, "unix_socket_group", _group, None),
         allow_remote=allow_remote,
         token=token,
         token_file=token_file,
@@ -228,6 +242,7 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         log_format=_setting(args, environ, "log_format", _choice("text", "json"), "text"),
         max_upstream=_setting(args, environ, "max_upstream", _positive_int, 32),
         max_requests=_setting(args, environ, "max_requests", _positive_int, 512),
+        max_connections=_setting(args, environ, "max_connections", _positive_int, 1024),
         request_timeout=_setting(args, environ, "request_timeout", _positive_float, 8.0),
     )
 
@@ -299,8 +314,9 @@ def parse_backend_kwargs(raw: str, source: str = "secretsmanager") -> StoreSetti
         prefix = data[prefix_key] if prefix_key in data else DEFAULT_PREFIXES[source][kind]
         if prefix is not None and not isinstance(prefix, str):
             raise ConfigError(f"{_KWARGS}: {prefix_key!r} must be a string or null")
-        if prefix and source == "secretsmanager":
-            prefix = prefix.rstrip(sep)  # as the provider does
+        if prefix:
+            # As the providers do: Secrets Manager strips its sep, Parameter Store a "/".
+            prefix = prefix.rstrip(sep if source == "secretsmanager" else "/")
         kinds[kind] = KindRule(prefix, _pattern(data, f"{kind}_lookup_pattern"))
     verify = data.get("verify")
     if verify is not None and not isinstance(verify, (bool, str)):

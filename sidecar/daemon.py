@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import signal
 import socket
 import stat
@@ -49,6 +50,7 @@ class Daemon:
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
+        self._socket_inode: int | None = None  # the Unix socket this daemon created, to remove at stop
         self.url = ""
 
     async def start(self) -> None:
@@ -73,7 +75,9 @@ class Daemon:
             timer=self._timer,
         )
         self.resolver = Resolver(settings.store, self.cache, self.catalog if settings.warmup else None)
-        app = build_app(settings, self.resolver, self.metrics, self.readiness, Token(settings))
+        app = build_app(
+            settings, self.resolver, self.metrics, self.readiness, Token(settings, self._timer), self._open_connections
+        )
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
         await self._listen(self._runner)
@@ -121,6 +125,10 @@ class Daemon:
     def _spawn(self, coroutine: object) -> None:
         self._tasks.append(asyncio.ensure_future(coroutine))  # type: ignore[arg-type]
 
+    def _open_connections(self) -> int:
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
+
     async def _listen(self, runner: web.AppRunner) -> None:
         settings = self.settings
         if settings.unix_socket:
@@ -131,7 +139,10 @@ class Daemon:
                 await web.UnixSite(runner, path).start()
             finally:
                 os.umask(old_umask)
+            if settings.unix_socket_group:
+                shutil.chown(path, group=settings.unix_socket_group)
             os.chmod(path, 0o660)
+            self._socket_inode = os.stat(path).st_ino
             self.url = f"unix:{path}"
         else:
             site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
@@ -147,9 +158,12 @@ class Daemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stack.aclose()
-        if self.settings.unix_socket:
+        path = self.settings.unix_socket
+        # Only our own socket: never a file we refused to replace, nor another daemon's socket.
+        if path and self._socket_inode is not None:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.settings.unix_socket)
+                if os.lstat(path).st_ino == self._socket_inode:
+                    os.unlink(path)
 
 
 def _remove_stale_socket(path: str) -> None:

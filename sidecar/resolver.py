@@ -20,6 +20,8 @@ TEAM_SEP = "--"
 
 # Secrets Manager's rule for names; anything else cannot exist, so it is a miss with no call.
 VALID_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
+# Airflow's rule for team names (`airflow teams create`), without its 3-character minimum.
+VALID_TEAM = re.compile(r"[A-Za-z0-9_-]{1,50}")
 
 # The provider's alias words for each connection field, in its order.
 CONN_WORDS: dict[str, tuple[str, ...]] = {
@@ -39,6 +41,10 @@ class InvalidSecret(Exception):
     """A stored secret cannot be served as what Airflow asked for (never holds the value)."""
 
 
+class InvalidTeam(ValueError):
+    """A team name Airflow would never send."""
+
+
 class Resolver:
     def __init__(self, store: StoreSettings, cache: Cache, catalog: Catalog | None = None) -> None:
         self._store = store
@@ -48,6 +54,8 @@ class Resolver:
 
     def names(self, kind: str, key: str, team: str | None = None) -> list[str]:
         """The secret names to try for `key`, in order; empty when none may be looked up."""
+        if team is not None and not VALID_TEAM.fullmatch(team):
+            raise InvalidTeam("a team name is 1-50 characters of A-Z, a-z, 0-9, _ and -")
         rule = self._store.kinds[kind]
         if not rule.admits(key) or not _safe_key(key, self._store.sep):
             return []

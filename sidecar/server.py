@@ -19,7 +19,7 @@ from aiohttp import web
 
 from sidecar.config import ConfigError, Settings, read_token_file
 from sidecar.metrics import Metrics
-from sidecar.resolver import InvalidSecret, Resolver
+from sidecar.resolver import InvalidSecret, InvalidTeam, Resolver
 from sidecar.sources import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,12 @@ class Readiness:
 
 
 def build_app(
-    settings: Settings, resolver: Resolver, metrics: Metrics, readiness: Readiness, token: Token
+    settings: Settings,
+    resolver: Resolver,
+    metrics: Metrics,
+    readiness: Readiness,
+    token: Token,
+    open_connections: Callable[[], int] = lambda: 0,
 ) -> web.Application:
     in_flight = 0
 
@@ -106,6 +111,9 @@ def build_app(
             return await handler(request)
         if token.required and not token.matches(request.headers.get(TOKEN_HEADER)):
             return error(401, "unauthorized", f"missing or wrong {TOKEN_HEADER} header: use the sidecar's token")
+        if open_connections() > settings.max_connections:
+            # Close it: a client holding many idle keep-alive connections gets them back one by one.
+            return error(429, "busy", "too many open connections", {"Retry-After": "1", "Connection": "close"})
         if in_flight >= settings.max_requests:
             return error(429, "busy", "too many requests in flight; retry shortly", {"Retry-After": "1"})
         in_flight += 1
@@ -115,6 +123,10 @@ def build_app(
             if exc.status == 405:
                 return error(405, "method_not_allowed", "only GET is served")
             return error(exc.status, "not_found" if exc.status == 404 else "bad_request", exc.reason)
+        except Exception:
+            # Our own bug: say so in JSON. The traceback names code, never a value (none is put in one).
+            log.exception("internal error answering %s", request.path)
+            return error(500, "internal", "internal error; see the sidecar's log")
         finally:
             in_flight -= 1
 
@@ -141,6 +153,8 @@ def build_app(
             return error(503, "timeout", f"AWS did not answer within {settings.request_timeout:g}s")
         except InvalidSecret as exc:
             return error(503, "invalid_secret", str(exc))
+        except InvalidTeam as exc:
+            return error(400, "bad_request", str(exc))
         log.debug("%s %r: %s %s", kind, key, "found" if value is not None else "not found", status.value)
         headers = {"X-Cache": status.value}
         if value is None:

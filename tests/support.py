@@ -133,3 +133,38 @@ def make_settings(aws: AwsEmulator | str, backend_kwargs: dict[str, Any] | None 
     environ = {"SIDECAR_TOKEN": TOKEN, "SIDECAR_BACKEND_KWARGS": json.dumps(kwargs), "SIDECAR_PORT": "0"}
     environ.update({f"SIDECAR_{name.upper()}": str(value) for name, value in env.items()})
     return load_settings(argparse.Namespace(), environ)
+
+
+class DaemonThread:
+    """A Daemon on its own event loop in a thread, for blocking clients (http.client, the backend)."""
+
+    def __init__(self, settings: Settings, **options: Any) -> None:
+        import asyncio
+
+        from sidecar.daemon import Daemon
+
+        self.loop = asyncio.new_event_loop()
+        self.daemon = Daemon(settings, **options)
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> DaemonThread:
+        self._thread.start()
+        self.run(self.daemon.start())
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.run(self.daemon.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def run(self, coroutine: Any) -> Any:
+        """Run a coroutine on the daemon's loop and wait for its result."""
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.daemon.url.removeprefix("http://").rsplit(":", 1)
+        return host, int(port)

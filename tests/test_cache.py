@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from sidecar.cache import BACKOFF_FIRST, Cache, Status
+from sidecar.cache import BACKOFF_FIRST, REFRESH_MIN_INTERVAL, Cache, Status
 from sidecar.metrics import Metrics
 from sidecar.sources import UpstreamError
 from tests.support import FakeClock
@@ -194,14 +194,19 @@ async def test_failing_key_answers_at_once_during_an_exponential_backoff():
     assert await cache.get("k") == ("v", Status.MISS)
 
 
-async def test_refresh_bypasses_a_fresh_entry():
+async def test_refresh_bypasses_a_fresh_entry_at_most_once_per_interval():
     store, clock = Store(k="v"), FakeClock()
     cache = make_cache(store, clock)
     await cache.get("k")
     store.values["k"] = "w"
 
+    assert await cache.get("k", refresh=True) == ("v", Status.HIT)  # fetched moments ago
+    clock.advance(REFRESH_MIN_INTERVAL)
     assert await cache.get("k", refresh=True) == ("w", Status.MISS)
     assert await cache.get("k") == ("w", Status.HIT)
+    for _ in range(50):
+        await cache.get("k", refresh=True)
+    assert store.calls == ["k", "k"]
 
 
 async def test_read_entries_are_refreshed_ahead_and_unread_ones_expire():

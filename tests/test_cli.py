@@ -1,0 +1,448 @@
+"""The command line end to end: real `python -m sidecar` processes, real sockets, real signals.
+
+Readiness is polled with short, bounded connects; nothing sleeps to wait for a TTL. Every
+process is killed in a fixture's teardown, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+import sidecar
+from tests.support import REGION, TOKEN, AwsEmulator
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT = 20.0
+EXIT_TIMEOUT = 20.0
+
+
+def sidecar_env(**settings: str) -> dict[str, str]:
+    """This process's environment (the AWS test credentials included) without stray SIDECAR_* values."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SIDECAR_")}
+    env.update(settings)
+    return env
+
+
+def emulator_kwargs(endpoint: str) -> str:
+    return json.dumps({"region_name": REGION, "endpoint_url": endpoint})
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        cwd=ROOT,
+        env=env if env is not None else sidecar_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def refused(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket."""
+
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+def get(connection: http.client.HTTPConnection, path: str, token: str | None = TOKEN) -> Response:
+    headers = {"X-Sidecar-Token": token} if token is not None else {}
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return Response(response.status, dict(response.headers), json.loads(response.read()))
+    finally:
+        connection.close()
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen[bytes]
+    log: IO[str]
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self) -> int:
+        return self.popen.wait(timeout=EXIT_TIMEOUT)
+
+    def wait_until_healthy(self, connect: Callable[[], http.client.HTTPConnection]) -> None:
+        """Poll /healthz with short connects until it answers 200; bounded."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                pytest.fail(f"the daemon exited with {self.popen.returncode}:\n{self.output()}")
+            try:
+                connection = connect()
+                connection.timeout = 0.5
+                connection.request("GET", "/healthz")
+                response = connection.getresponse()
+                ok = response.status == 200 and json.loads(response.read()) == {"status": "ok"}
+                connection.close()
+                if ok:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)  # polling for readiness, not waiting on a TTL
+        pytest.fail(f"the daemon did not answer /healthz within {STARTUP_TIMEOUT}s:\n{self.output()}")
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    """`spawn("serve", env=...)`: a `python -m sidecar` process, killed at teardown if still alive."""
+    started: list[Process] = []
+
+    def start(*args: str, env: dict[str, str]) -> Process:
+        log = open(tmp_path / f"process-{len(started)}.log", "w+")  # noqa: SIM115 (closed at teardown)
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+        process = Process(popen, log)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.popen.poll() is None:
+            process.popen.kill()
+        process.popen.wait(timeout=EXIT_TIMEOUT)
+        process.log.close()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    """A directory with a short path: a Unix socket path must fit in about 100 bytes."""
+    path = tempfile.mkdtemp(prefix="sc-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start_tcp_daemon(spawn: Callable[..., Process], **settings: str) -> tuple[Process, int]:
+    port = free_port()
+    env = sidecar_env(SIDECAR_TOKEN=TOKEN, SIDECAR_PORT=str(port), **settings)
+    process = spawn("serve", env=env)
+    process.wait_until_healthy(lambda: http.client.HTTPConnection("127.0.0.1", port))
+    return process, port
+
+
+# --- --version and configuration errors ---
+
+
+def test_version_prints_the_package_version():
+    result = run_cli("--version")
+
+    assert result.returncode == 0
+    assert result.stdout.split() == ["airflow-secrets-sidecar", sidecar.__version__]
+
+
+@pytest.mark.parametrize(
+    ("args", "settings", "named"),
+    [
+        ((), {"SIDECAR_TOKEN": TOKEN, "SIDECAR_TTL": "abc"}, ["--ttl", "SIDECAR_TTL"]),
+        (("--ttl", "abc"), {"SIDECAR_TOKEN": TOKEN}, ["--ttl", "SIDECAR_TTL"]),
+        ((), {}, ["SIDECAR_TOKEN", "SIDECAR_TOKEN_FILE"]),
+        ((), {"SIDECAR_TOKEN": TOKEN, "SIDECAR_HOST": "0.0.0.0"}, ["SIDECAR_HOST", "SIDECAR_ALLOW_REMOTE"]),
+    ],
+)
+def test_serve_with_an_invalid_setting_exits_2_with_one_line_naming_it(args, settings, named):
+    result = run_cli("serve", *args, env=sidecar_env(**settings))
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("airflow-secrets-sidecar: configuration error: ")
+    for name in named:
+        assert name in lines[0]
+    assert result.stdout == ""
+
+
+# --- serve over TCP: a request, then signals ---
+
+
+def test_serve_answers_then_exits_0_on_sigterm(aws: AwsEmulator, spawn):
+    aws.put("airflow/variables/x", "hello")
+    process, port = start_tcp_daemon(spawn, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint))
+
+    found = get(http.client.HTTPConnection("127.0.0.1", port, timeout=10), "/v1/variables/x")
+    assert (found.status, found.body) == (200, {"value": "hello"})
+    assert found.headers["X-Cache"] in ("hit", "miss")
+    missing_token = get(http.client.HTTPConnection("127.0.0.1", port, timeout=10), "/v1/variables/x", token=None)
+    assert (missing_token.status, missing_token.body["error"]) == (401, "unauthorized")
+
+    process.signal(signal.SIGTERM)
+
+    assert process.wait() == 0, process.output()
+    assert refused(port)
+    output = process.output()
+    assert "Traceback" not in output
+    assert TOKEN not in output and "hello" not in output
+
+
+def test_sigint_exits_0(aws: AwsEmulator, spawn):
+    process, port = start_tcp_daemon(
+        spawn, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint), SIDECAR_WARMUP="false"
+    )
+
+    process.signal(signal.SIGINT)
+
+    assert process.wait() == 0, process.output()
+    assert "Traceback" not in process.output()
+    assert refused(port)
+
+
+class BlackHole:
+    """A TCP endpoint that accepts connections and never answers: AWS hanging mid-request."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.1)  # so the accepting thread notices `close` promptly
+        self.port = self.listener.getsockname()[1]
+        self.accepted = threading.Event()
+        self._closed = threading.Event()
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._held.append(connection)
+            self.accepted.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=5)
+        self.listener.close()
+        for connection in self._held:
+            connection.close()
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    hole = BlackHole()
+    yield hole
+    hole.close()
+
+
+def test_sigterm_lets_a_request_in_flight_finish(spawn, black_hole: BlackHole):
+    process, port = start_tcp_daemon(
+        spawn,
+        SIDECAR_BACKEND_KWARGS=emulator_kwargs(f"http://127.0.0.1:{black_hole.port}"),
+        SIDECAR_REQUEST_TIMEOUT="2",
+        SIDECAR_WARMUP="false",
+    )
+    outcome: dict[str, Any] = {}
+
+    def in_flight() -> None:
+        try:
+            outcome["response"] = get(http.client.HTTPConnection("127.0.0.1", port, timeout=15), "/v1/variables/x")
+        except Exception as exc:  # a reset or a timeout: recorded, asserted below
+            outcome["error"] = exc
+
+    request = threading.Thread(target=in_flight, daemon=True)
+    request.start()
+    assert black_hole.accepted.wait(timeout=10), "the daemon never called the (hanging) AWS endpoint"
+
+    process.signal(signal.SIGTERM)
+
+    # The listener closes at once, while the request is still waiting on AWS.
+    deadline = time.monotonic() + 5
+    while not refused(port) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert refused(port)
+    assert request.is_alive(), "the request ended before the request timeout"
+
+    request.join(timeout=15)
+    assert not request.is_alive()
+    assert "error" not in outcome, f"the in-flight request failed: {outcome.get('error')!r}"
+    response: Response = outcome["response"]
+    assert response.status == 503
+    assert response.body["error"] == "timeout"
+    assert process.wait() == 0, process.output()
+    assert refused(port)
+
+
+# --- serve on a Unix socket ---
+
+
+def test_serve_on_a_unix_socket(aws: AwsEmulator, spawn, short_dir):
+    aws.put("airflow/variables/x", "over-unix")
+    path = os.path.join(short_dir, "sidecar.sock")
+    env = sidecar_env(SIDECAR_TOKEN=TOKEN, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint))
+    process = spawn("serve", "--unix-socket", path, env=env)
+    process.wait_until_healthy(lambda: UnixHTTPConnection(path))
+
+    assert stat.S_ISSOCK(os.stat(path).st_mode)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    found = get(UnixHTTPConnection(path), "/v1/variables/x")
+    assert (found.status, found.body) == (200, {"value": "over-unix"})
+
+    process.signal(signal.SIGTERM)
+
+    assert process.wait() == 0, process.output()
+    assert not os.path.exists(path)
+
+
+def test_a_stale_socket_file_is_replaced(aws: AwsEmulator, spawn, short_dir):
+    path = os.path.join(short_dir, "sidecar.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()  # the file stays; nobody listens on it
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    env = sidecar_env(
+        SIDECAR_TOKEN=TOKEN,
+        SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint),
+        SIDECAR_UNIX_SOCKET=path,
+        SIDECAR_WARMUP="false",
+    )
+    process = spawn("serve", env=env)
+    process.wait_until_healthy(lambda: UnixHTTPConnection(path))
+
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    missing = get(UnixHTTPConnection(path), "/v1/variables/absent")
+    assert (missing.status, missing.body["error"]) == (404, "not_found")
+
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0, process.output()
+
+
+def test_a_regular_file_at_the_socket_path_is_refused(aws: AwsEmulator, short_dir):
+    path = os.path.join(short_dir, "sidecar.sock")
+    Path(path).write_text("not a socket\n")
+    env = sidecar_env(SIDECAR_TOKEN=TOKEN, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint))
+
+    result = run_cli("serve", "--unix-socket", path, env=env)
+
+    assert result.returncode != 0
+    assert "--unix-socket / SIDECAR_UNIX_SOCKET" in result.stderr
+    assert "not a socket" in result.stderr
+    assert repr(path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_socket_another_process_listens_on_is_refused(aws: AwsEmulator, short_dir):
+    path = os.path.join(short_dir, "sidecar.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(path)
+        other.listen(1)
+        env = sidecar_env(
+            SIDECAR_TOKEN=TOKEN, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint), SIDECAR_UNIX_SOCKET=path
+        )
+
+        result = run_cli("serve", env=env)
+
+    assert result.returncode != 0
+    assert "--unix-socket / SIDECAR_UNIX_SOCKET" in result.stderr
+    assert "another process listens" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- check and get ---
+
+
+def test_check_prints_the_count_of_each_prefix(aws: AwsEmulator):
+    aws.put("airflow/variables/a", "1")
+    aws.put("airflow/variables/b", "2")
+    aws.put("airflow/connections/db", "postgresql://u:p@h/s")
+    aws.put("elsewhere/c", "3")
+    env = sidecar_env(SIDECAR_TOKEN=TOKEN, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint))
+
+    result = run_cli("check", env=env)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("configuration ok: source secretsmanager, ttl 300s, negative ttl 60s")
+    assert lines[1:] == [
+        "airflow/config/*: 0 secrets",
+        "airflow/connections/*: 1 secrets",
+        "airflow/variables/*: 2 secrets",
+    ]
+    assert "postgresql" not in result.stdout + result.stderr
+
+
+def test_check_exits_1_when_listing_is_denied(aws: AwsEmulator):
+    aws.fail["ListSecrets"] = "AccessDeniedException"
+    env = sidecar_env(SIDECAR_TOKEN=TOKEN, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint))
+
+    result = run_cli("check", env=env)
+
+    assert result.returncode == 1
+    assert "AccessDeniedException" in result.stdout
+    assert "IAM" in result.stdout
+
+
+def test_get_prints_the_value_and_exits_1_for_a_missing_key(aws: AwsEmulator, spawn):
+    aws.put("airflow/variables/greeting", "hello world")
+    _, port = start_tcp_daemon(spawn, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint))
+    url = f"http://127.0.0.1:{port}"
+    env = sidecar_env(SIDECAR_TOKEN=TOKEN)
+
+    found = run_cli("get", "variables", "greeting", "--url", url, env=env)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout == "hello world\n"
+
+    missing = run_cli("get", "variables", "absent", "--url", url, env=env)
+    assert missing.returncode == 1
+    assert missing.stdout == ""
+    assert "404" in missing.stderr and "not_found" in missing.stderr
+
+    wrong_token = run_cli("get", "variables", "greeting", "--url", url, env=sidecar_env(SIDECAR_TOKEN="x" * 20))
+    assert wrong_token.returncode == 2
+    assert wrong_token.stdout == ""
+    assert "401" in wrong_token.stderr
