@@ -47,12 +47,15 @@ class Catalog:
         self._metrics.lookups.labels("listed_absent").inc()
         return True
 
-    async def refresh(self) -> frozenset[str]:
-        """List every prefix; raises UpstreamError, and keeps the last listing, if that fails."""
-        names: set[str] = set()
+    async def refresh(self) -> dict[str, str | None]:
+        """List every prefix: names, with values where the listing carries them.
+
+        Raises UpstreamError, and keeps the last listing, if that fails.
+        """
+        names: dict[str, str | None] = {}
         try:
             for prefix in self._prefixes:
-                names |= await self._source.list_names(prefix)
+                names.update(await self._source.list_names(prefix))
         except UpstreamError as error:
             if not error.transient and not self._denied:
                 self._denied = True
@@ -71,4 +74,4 @@ class Catalog:
         self._listed_at = self._timer()
         self._metrics.last_listing.set_to_current_time()
         log.info("listed %d secrets under %d prefixes", len(names), len(self._prefixes))
-        return self._names
+        return names

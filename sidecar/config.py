@@ -67,6 +67,7 @@ class StoreSettings:
     """What `SIDECAR_BACKEND_KWARGS` says: the provider backend's kwargs, parsed."""
 
     kinds: dict[str, KindRule]
+    source: str = "secretsmanager"
     sep: str = "/"
     extra_conn_words: dict[str, tuple[str, ...]] = field(default_factory=dict)
     role_arn: str | None = None
@@ -305,6 +306,13 @@ def parse_backend_kwargs(raw: str, source: str = "secretsmanager") -> StoreSetti
             f"{_KWARGS} has unsupported keys {unknown}; supported: {sorted(BACKEND_KWARGS_KEYS)}. "
             "Give AWS credentials through the standard chain (env, profile, IRSA, instance role)"
         )
+    if source == "ssm":
+        only_secretsmanager = sorted({"sep", "extra_conn_words"} & set(data))
+        if only_secretsmanager:
+            raise ConfigError(
+                f"{_KWARGS}: {only_secretsmanager} are SecretsManagerBackend options; Parameter Store "
+                "names always use '/' and its connections are not normalised"
+            )
     sep = _typed(data, "sep", str, "/")
     if not sep:
         raise ConfigError(f"{_KWARGS}: 'sep' must not be empty")
@@ -323,6 +331,7 @@ def parse_backend_kwargs(raw: str, source: str = "secretsmanager") -> StoreSetti
         raise ConfigError(f"{_KWARGS}: 'verify' must be true, false or a CA bundle path")
     return StoreSettings(
         kinds=kinds,
+        source=source,
         sep=sep,
         extra_conn_words=_extra_conn_words(data.get("extra_conn_words")),
         role_arn=_typed(data, "role_arn", str, None),

@@ -93,19 +93,20 @@ class Daemon:
         delay = 1.0
         while True:
             try:
-                names = await self.catalog.refresh()
+                listing = await self.catalog.refresh()
                 break
             except UpstreamError as error:
                 if not error.transient:
-                    names = frozenset()  # listing denied: lazy lookups, already logged
+                    listing = {}  # listing denied: lazy lookups, already logged
                     break
                 self.readiness.reason = f"AWS not usable yet: {error.code} ({error.hint})"
                 log.warning("warm-up: %s; retrying in %.0fs", self.readiness.reason, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, WARMUP_RETRY_MAX)
-        if names:
+        unfetched = self._keep_listed_values(listing)
+        if unfetched:
             try:
-                for name, value in (await self.source.get_many(sorted(names))).items():
+                for name, value in (await self.source.get_many(unfetched)).items():
                     self.cache.put(name, value)
             except UpstreamError as error:
                 log.warning("warm-up could not load values (%s): they are fetched on first use", error.code)
@@ -116,7 +117,14 @@ class Daemon:
         while True:
             await asyncio.sleep(self.settings.list_interval)
             with contextlib.suppress(UpstreamError):
-                await self.catalog.refresh()
+                self._keep_listed_values(await self.catalog.refresh())
+
+    def _keep_listed_values(self, listing: dict[str, str | None]) -> list[str]:
+        """Cache the values a listing carried (Parameter Store's do); return the names without one."""
+        for name, value in listing.items():
+            if value is not None:
+                self.cache.put(name, value)
+        return sorted(name for name, value in listing.items() if value is None)
 
     async def _warm_up_then_list(self) -> None:
         await self.warm_up()

@@ -1,9 +1,11 @@
 """Airflow's semantics: which secret names a variable, connection or config key maps to.
 
-It mirrors the provider's `SecretsManagerBackend`: `<prefix><sep><key>`, a null prefix turns
-a kind off, an empty one means the bare key, lookup patterns are checked before any AWS call,
-the team-scoped name `<prefix><sep><team>--<key>` is tried before the global one, and JSON
-connection secrets are normalised with the provider's alias words.
+It mirrors the provider backends. `SecretsManagerBackend`: `<prefix><sep><key>`, an empty
+prefix means the bare key, the team-scoped name `<prefix><sep><team>--<key>` is tried before
+the global one, and JSON connection secrets are normalised with the provider's alias words.
+`SystemsManagerParameterStoreBackend`: `<prefix>/<key>` with a leading "/" ensured, team
+scoping even under an empty prefix, values served as stored. For both, a null prefix turns a
+kind off and lookup patterns are checked before any AWS call.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from sidecar.config import StoreSettings
 
 TEAM_SEP = "--"
 
-# Secrets Manager's rule for names; anything else cannot exist, so it is a miss with no call.
-VALID_NAME = re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}")
+# Each store's rule for names; anything else cannot exist, so it is a miss with no call.
+VALID_NAME = {
+    "secretsmanager": re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}"),
+    "ssm": re.compile(r"/[A-Za-z0-9/_.-]{1,1010}"),
+}
 # Airflow's rule for team names (`airflow teams create`), without its 3-character minimum.
 VALID_TEAM = re.compile(r"[A-Za-z0-9_-]{1,50}")
 
@@ -56,17 +61,21 @@ class Resolver:
         """The secret names to try for `key`, in order; empty when none may be looked up."""
         if team is not None and not VALID_TEAM.fullmatch(team):
             raise InvalidTeam("a team name is 1-50 characters of A-Z, a-z, 0-9, _ and -")
-        rule = self._store.kinds[kind]
-        if not rule.admits(key) or not _safe_key(key, self._store.sep):
+        store = self._store
+        rule = store.kinds[kind]
+        if rule.prefix is None or not rule.admits(key) or not _safe_key(key, store.sep):
             return []
-        prefix = rule.prefix
-        if not prefix:
-            candidates = [key]
+        ids = [key]
+        if team and kind != "config":  # config options are never team-scoped
+            ids.insert(0, f"{team}{TEAM_SEP}{key}")
+        if store.source == "ssm":
+            names = [_parameter_name(rule.prefix, id_) for id_ in ids]
+        elif rule.prefix:
+            names = [f"{rule.prefix}{store.sep}{id_}" for id_ in ids]
         else:
-            candidates = [f"{prefix}{self._store.sep}{key}"]
-            if team and kind != "config":
-                candidates.insert(0, f"{prefix}{self._store.sep}{team}{TEAM_SEP}{key}")
-        return [name for name in candidates if VALID_NAME.fullmatch(name)]
+            names = [key]  # a bare key has no team-scoped form
+        valid = VALID_NAME[store.source]
+        return [name for name in names if valid.fullmatch(name)]
 
     async def resolve(
         self, kind: str, key: str, team: str | None = None, refresh: bool = False
@@ -79,7 +88,9 @@ class Resolver:
             value, got = await self._cache.get(name, refresh=refresh)
             status = max(status, got, key=_SEVERITY.__getitem__)
             if value is not None:
-                return (self._normalise_connection(value) if kind == "connections" else value), status
+                if kind == "connections" and self._store.source == "secretsmanager":
+                    value = self._normalise_connection(value)
+                return value, status
         return None, status
 
     def _normalise_connection(self, value: str) -> str:
@@ -96,9 +107,20 @@ class Resolver:
         return json.dumps(standard)
 
 
+def _parameter_name(prefix: str, id_: str) -> str:
+    """The provider's Parameter Store name: `<prefix>/<id>`, with a leading "/" ensured."""
+    name = f"{prefix}/{id_}"
+    return name if name.startswith("/") else "/" + name
+
+
 def listed_prefixes(store: StoreSettings) -> list[str]:
     """The name prefixes a listing can be authoritative for (an empty prefix is not one)."""
-    return sorted({f"{rule.prefix}{store.sep}" for rule in store.kinds.values() if rule.prefix})
+    prefixes = {
+        _parameter_name(rule.prefix, "") if store.source == "ssm" else f"{rule.prefix}{store.sep}"
+        for rule in store.kinds.values()
+        if rule.prefix
+    }
+    return sorted(prefixes)
 
 
 def _safe_key(key: str, sep: str) -> bool:

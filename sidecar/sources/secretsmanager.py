@@ -49,14 +49,14 @@ class SecretsManagerSource:
         # Binary secrets have no SecretString: like the provider, they are not served.
         return None if response is None else response.get("SecretString")
 
-    async def list_names(self, prefix: str) -> set[str]:
-        """Every secret name that starts with `prefix` (the name filter is a prefix match)."""
-        names: set[str] = set()
+    async def list_names(self, prefix: str) -> dict[str, str | None]:
+        """Every secret name that starts with `prefix` (ListSecrets carries no values)."""
+        names: dict[str, str | None] = {}
         request: dict[str, Any] = {"Filters": [{"Key": "name", "Values": [prefix]}], "MaxResults": 100}
         while True:
             page = await self._call("ListSecrets", lambda request=request: self._client.list_secrets(**request))
             assert page is not None
-            names.update(s["Name"] for s in page.get("SecretList", []) if s["Name"].startswith(prefix))
+            names.update((s["Name"], None) for s in page.get("SecretList", []) if s["Name"].startswith(prefix))
             if not page.get("NextToken"):
                 return names
             request = {**request, "NextToken": page["NextToken"]}

@@ -1,0 +1,64 @@
+"""AWS Systems Manager Parameter Store: GetParameter, GetParametersByPath and GetParameters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiobotocore.client import AioBaseClient
+
+from sidecar.config import Settings
+from sidecar.metrics import Metrics
+from sidecar.sources.aws import Caller, open_client
+
+# The provider's SystemsManagerParameterStoreBackend returns None for this one only.
+NOT_FOUND_CODES = frozenset({"ParameterNotFound"})
+BATCH_SIZE = 10  # GetParameters takes at most 10 names per call
+
+
+class ParameterStoreSource:
+    list_permission = "ssm:GetParametersByPath"
+
+    def __init__(self, client: AioBaseClient, caller: Caller) -> None:
+        self._client = client
+        self._call = caller
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings, metrics: Metrics) -> AsyncIterator[ParameterStoreSource]:
+        async with open_client("ssm", settings.store, settings.max_upstream) as client:
+            yield cls(client, Caller(metrics, settings.max_upstream))
+
+    async def get(self, name: str) -> str | None:
+        response = await self._call(
+            "GetParameter", lambda: self._client.get_parameter(Name=name, WithDecryption=True), NOT_FOUND_CODES
+        )
+        return None if response is None else response["Parameter"]["Value"]
+
+    async def list_names(self, prefix: str) -> dict[str, str | None]:
+        """Every parameter below `prefix` (recursive), with its decrypted value."""
+        found: dict[str, str | None] = {}
+        request: dict[str, Any] = {"Path": prefix.rstrip("/") or "/", "Recursive": True, "WithDecryption": True}
+        while True:
+            page = await self._call(
+                "GetParametersByPath", lambda request=request: self._client.get_parameters_by_path(**request)
+            )
+            assert page is not None
+            found.update((p["Name"], p["Value"]) for p in page.get("Parameters", []) if p["Name"].startswith(prefix))
+            if not page.get("NextToken"):
+                return found
+            request = {**request, "NextToken": page["NextToken"]}
+
+    async def get_many(self, names: list[str]) -> dict[str, str | None]:
+        """Values of `names`, 10 per GetParameters call; a name AWS reports invalid maps to None."""
+        found: dict[str, str | None] = {}
+        for start in range(0, len(names), BATCH_SIZE):
+            batch = names[start : start + BATCH_SIZE]
+            response = await self._call(
+                "GetParameters", lambda batch=batch: self._client.get_parameters(Names=batch, WithDecryption=True)
+            )
+            assert response is not None
+            found.update((p["Name"], p["Value"]) for p in response.get("Parameters", []))
+            found.update((name, None) for name in response.get("InvalidParameters", []))
+        return found
