@@ -7,7 +7,11 @@ parsing, tasks, triggers) and must never pull in boto3, botocore, aiobotocore or
     AIRFLOW__SECRETS__BACKEND_KWARGS={"url": "http://127.0.0.1:2779", "token_file": "/var/run/sidecar/token"}
 
 kwargs: `url` (default `SIDECAR_URL` or http://127.0.0.1:2779), `unix_socket` (a path: used instead
-of TCP), `token` / `token_file` (default `SIDECAR_TOKEN` / `SIDECAR_TOKEN_FILE`), `timeout` (s).
+of TCP), `token` / `token_file` (default `SIDECAR_TOKEN` / `SIDECAR_TOKEN_FILE`), `timeout` (s),
+`startup_wait` (s the first lookup of a process waits for a daemon still starting, default 5),
+`on_unavailable` ("error", or "direct": ask AWS through the provider backend when no daemon
+answers), `fallback_kwargs` (that backend's kwargs; default `SIDECAR_BACKEND_KWARGS`) and
+`source` ("secretsmanager" or "ssm": which provider backend).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -30,10 +35,39 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:2779"
 TOKEN_HEADER = "X-Sidecar-Token"
+TEAM_SEP = "--"
+PROVIDER_BACKENDS = {
+    "secretsmanager": "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend",
+    "ssm": "airflow.providers.amazon.aws.secrets.systems_manager.SystemsManagerParameterStoreBackend",
+}
+KWARGS = (
+    "url",
+    "unix_socket",
+    "token",
+    "token_file",
+    "timeout",
+    "startup_wait",
+    "on_unavailable",
+    "fallback_kwargs",
+    "source",
+)
 
 
 class SidecarError(Exception):
     """The sidecar could not answer; the message says what to fix."""
+
+
+class SidecarUnreachable(SidecarError):
+    """No daemon listens at the configured address."""
+
+
+def _multi_team() -> bool:
+    """Airflow's `[core] multi_team` (3.2+); False where the option or the core config is absent."""
+    try:
+        from airflow.configuration import conf
+    except ImportError:
+        from airflow.sdk.configuration import conf  # type: ignore[no-redef]
+    return conf.getboolean("core", "multi_team", fallback=False)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -62,15 +96,30 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         token: str | None = None,
         token_file: str | None = None,
         timeout: float = 10.0,
+        startup_wait: float = 5.0,
+        on_unavailable: str = "error",
+        fallback_kwargs: dict[str, Any] | None = None,
+        source: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         if kwargs:
             raise SidecarError(
                 f"unknown [secrets] backend_kwargs for SidecarSecretsBackend: {sorted(kwargs)}; "
-                "supported: url, unix_socket, token, token_file, timeout. Provider kwargs such as "
-                "prefixes belong in the sidecar's SIDECAR_BACKEND_KWARGS"
+                f"supported: {', '.join(KWARGS)}. Provider kwargs such as prefixes belong in the "
+                "sidecar's SIDECAR_BACKEND_KWARGS"
             )
+        if on_unavailable not in ("error", "direct"):
+            raise SidecarError(f"backend_kwargs 'on_unavailable' must be 'error' or 'direct', got {on_unavailable!r}")
+        self.source = source or os.environ.get("SIDECAR_SOURCE") or "secretsmanager"
+        if self.source not in PROVIDER_BACKENDS:
+            raise SidecarError(f"backend_kwargs 'source' must be 'secretsmanager' or 'ssm', got {self.source!r}")
+        self.startup_wait = float(startup_wait)
+        self.on_unavailable = on_unavailable
+        self._fallback_kwargs = fallback_kwargs
+        self._fallback: Any = None
+        self._reached = False  # once the daemon answered, a refused connection fails at once
+        self._multi_team = _multi_team()
         self.unix_socket = unix_socket or os.environ.get("SIDECAR_UNIX_SOCKET") or None
         self.url = url or os.environ.get("SIDECAR_URL") or DEFAULT_URL
         parts = urlsplit(self.url)
@@ -103,6 +152,24 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         return f"unix socket {self.unix_socket}" if self.unix_socket else self.url
 
     def _lookup(self, kind: str, key: str, team: str | None) -> str | None:
+        if self._multi_team and TEAM_SEP in key:
+            # As the provider backends do: such an id could name another team's secret.
+            log.warning(
+                "%s id %r contains %r, which separates the team name from the secret id in a team "
+                "scoped secret name. Such an id is ambiguous and is not looked up. Returning None.",
+                {"variables": "Variable", "connections": "Connection", "config": "Configuration option"}[kind],
+                key,
+                TEAM_SEP,
+            )
+            return None
+        try:
+            return self._ask(kind, key, team)
+        except SidecarUnreachable:
+            if self.on_unavailable != "direct":
+                raise
+            return self._ask_aws_directly(kind, key, team)
+
+    def _ask(self, kind: str, key: str, team: str | None) -> str | None:
         path = f"/v1/{kind}/{quote(key, safe='')}"
         if team:
             path += f"?team={quote(team, safe='')}"
@@ -126,6 +193,23 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         raise SidecarError(f"the sidecar at {self._where} answered {status} for {kind} {key!r}: {message}")
 
     def _request(self, path: str) -> tuple[int, bytes]:
+        """GET `path`; the first lookup of a process waits up to `startup_wait` for the daemon."""
+        deadline = time.monotonic() + (0 if self._reached else self.startup_wait)
+        pause = 0.05
+        while True:
+            try:
+                answer = self._request_once(path)
+            except SidecarUnreachable:
+                if time.monotonic() + pause > deadline:
+                    self._reached = True  # waited once: later lookups fail (or fall back) at once
+                    raise
+                time.sleep(pause)  # the daemon may still be starting (pods start containers together)
+                pause = min(pause * 2, 0.5)
+                continue
+            self._reached = True
+            return answer
+
+    def _request_once(self, path: str) -> tuple[int, bytes]:
         """GET `path` on this thread's keep-alive connection; reconnect once if it was dropped."""
         headers = {TOKEN_HEADER: self._token} if self._token else {}
         for attempt in (1, 2):
@@ -140,7 +224,9 @@ class SidecarSecretsBackend(BaseSecretsBackend):
                 # A reused connection may have been closed by the daemon while idle: retry once.
                 if reused and attempt == 1 and not isinstance(exc, TimeoutError):
                     continue
-                raise SidecarError(
+                # Refused, or no socket file: nobody listens (yet). Anything else is a sick daemon.
+                unreachable = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
+                raise (SidecarUnreachable if unreachable else SidecarError)(
                     f"cannot reach the sidecar at {self._where} ({type(exc).__name__}: {exc}): "
                     "is `airflow-secrets-sidecar serve` running, and do backend_kwargs 'url' / "
                     "'unix_socket' point at it?"
@@ -163,6 +249,33 @@ class SidecarSecretsBackend(BaseSecretsBackend):
             connection = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
         local.connection, local.pid = connection, os.getpid()
         return connection, False
+
+    def _ask_aws_directly(self, kind: str, key: str, team: str | None) -> str | None:
+        """on_unavailable="direct": the provider backend, built once with `fallback_kwargs`."""
+        if self._fallback is None:
+            module_name, _, class_name = PROVIDER_BACKENDS[self.source].rpartition(".")
+            try:
+                import importlib
+
+                backend_class = getattr(importlib.import_module(module_name), class_name)
+            except ImportError:
+                raise SidecarError(
+                    f"no sidecar at {self._where}, and on_unavailable 'direct' needs "
+                    "apache-airflow-providers-amazon installed"
+                ) from None
+            fallback_kwargs = self._fallback_kwargs
+            if fallback_kwargs is None:
+                fallback_kwargs = json.loads(os.environ.get("SIDECAR_BACKEND_KWARGS") or "{}")
+            self._fallback = backend_class(**fallback_kwargs)
+            log.warning(
+                "no sidecar answers at %s: asking AWS directly through %s in this process",
+                self._where,
+                class_name,
+            )
+        if kind == "config":
+            return self._fallback.get_config(key)
+        method = self._fallback.get_variable if kind == "variables" else self._fallback.get_conn_value
+        return method(key, team_name=team) if team else method(key)
 
     def _read_token_file(self) -> str:
         assert self._token_file
