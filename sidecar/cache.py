@@ -194,22 +194,23 @@ class Cache:
         count = previous.count + 1 if previous else 1
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (count - 1))
         self._failures[key] = Failure(error, count, self._timer() + delay)
-        if count == 1:  # once per failing key, not once per request during its back-off
-            log.warning("fetch of %s failed: %s (%s); retrying in %.0fs", key, error, error.hint, delay)
         if not error.transient:
             # AccessDenied and the like: never serve what we may no longer be allowed to read.
             self._entries.pop(key, None)
+            if count == 1:  # once per refused key, not once per request during its back-off
+                log.warning("fetch of %s refused: %s (%s)", key, error, error.hint)
+        elif self._outage is None:  # once per outage, however many keys it hits
+            self._outage = error
+            log.warning(
+                "AWS failed (%s): serving cached answers for up to %.0fs past their TTL, retrying each key "
+                "with back-off until it recovers",
+                error.code,
+                self._max_stale,
+            )
 
     def _stale_or_raise(self, key: str, error: UpstreamError) -> tuple[str | None, Status]:
         entry = self._entries.get(key) if error.transient else None
         if entry is None:
             raise error
-        if self._outage is None:
-            self._outage = error
-            log.warning(
-                "AWS failed (%s): serving cached answers for up to %.0fs past their TTL until it recovers",
-                error.code,
-                self._max_stale,
-            )
         self._metrics.lookups.labels("stale").inc()
         return entry.value, Status.STALE
