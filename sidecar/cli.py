@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import sys
 import time
 import urllib.error
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("key")
     get.add_argument("--team")
     get.add_argument("--url", default=os.environ.get("SIDECAR_URL", "http://127.0.0.1:2779"))
+    probe = commands.add_parser(
+        "probe", help="exit 0 if the local daemon is live (--ready: ready); for container probes"
+    )
+    probe.add_argument("--ready", action="store_true", help="check /readyz instead of /healthz")
     return parser
 
 
@@ -102,6 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "get":
         return _get(args)
+    if args.command == "probe":
+        return _probe("/readyz" if args.ready else "/healthz")
+    try:
+        import aiobotocore  # noqa: F401
+        import aiohttp  # noqa: F401
+    except ImportError as exc:
+        print(
+            f"airflow-secrets-sidecar: the daemon needs its dependencies ({exc.name} is missing): "
+            "pip install 'airflow-secrets-sidecar[daemon]'",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "demo":
         from sidecar.demo import run_demo
 
@@ -148,6 +165,29 @@ async def _check(settings: Settings) -> int:
                 return 1
             print(f"{prefix}*: {len(names)} secrets")
     return 0
+
+
+def _probe(path: str) -> int:
+    """GET `path` from the daemon this environment configures (SIDECAR_UNIX_SOCKET or _HOST/_PORT)."""
+    unix_socket = os.environ.get("SIDECAR_UNIX_SOCKET")
+    try:
+        if unix_socket:
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.settimeout(3)
+            connection.connect(unix_socket)
+        else:
+            address = (os.environ.get("SIDECAR_HOST") or "127.0.0.1", int(os.environ.get("SIDECAR_PORT") or 2779))
+            connection = socket.create_connection(address, timeout=3)
+        with connection:
+            connection.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+            status_line = connection.recv(64).split(b"\r\n", 1)[0]
+    except (OSError, ValueError) as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 1
+    healthy = status_line.startswith(b"HTTP/1.1 200") or status_line.startswith(b"HTTP/1.0 200")
+    if not healthy:
+        print(f"{path}: {status_line.decode('latin-1')}", file=sys.stderr)
+    return 0 if healthy else 1
 
 
 def _get(args: argparse.Namespace) -> int:

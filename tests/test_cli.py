@@ -26,7 +26,7 @@ from typing import IO, Any
 import pytest
 
 import sidecar
-from tests.support import REGION, TOKEN, AwsEmulator
+from tests.support import REGION, TOKEN, AwsEmulator, DaemonThread, make_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 20.0
@@ -446,3 +446,20 @@ def test_get_prints_the_value_and_exits_1_for_a_missing_key(aws: AwsEmulator, sp
     assert wrong_token.returncode == 2
     assert wrong_token.stdout == ""
     assert "401" in wrong_token.stderr
+
+
+def test_probe_checks_liveness_and_readiness_of_the_local_daemon(aws):
+    with DaemonThread(make_settings(aws, warmup="true"), background=False) as running:
+        _host, port = running.address
+        environ = {**os.environ, "SIDECAR_PORT": str(port)}
+
+        def probe(*flags: str) -> int:
+            return subprocess.run(
+                [sys.executable, "-m", "sidecar", "probe", *flags], env=environ, timeout=30
+            ).returncode
+
+        assert probe() == 0
+        assert probe("--ready") == 1  # warm-up not run yet
+        running.run(running.daemon.warm_up())
+        assert probe("--ready") == 0
+    assert probe() == 1  # nothing listens any more

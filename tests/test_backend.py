@@ -1,0 +1,545 @@
+"""`SidecarSecretsBackend` (the Airflow side) against a real daemon over real sockets.
+
+The backend is synchronous and blocks, so the daemon runs in a thread with its own event loop
+instead of sharing the test's loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.backend import SidecarError, SidecarSecretsBackend
+from sidecar.config import Settings
+from sidecar.server import TOKEN_RECHECK_SECONDS
+from tests.support import TOKEN, AwsEmulator, DaemonThread, FakeClock, make_settings
+
+
+class Sidecar:
+    """A daemon from `tests.support.DaemonThread` (its own loop, in a thread) that a test may stop early."""
+
+    def __init__(self, settings: Settings, clock: FakeClock | None = None) -> None:
+        self._thread = DaemonThread(settings, background=False, **({"timer": clock} if clock else {}))
+        self._thread.__enter__()
+        self.running = True
+        self.url = self._thread.daemon.url
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.running:
+            self.running = False
+            self._thread.__exit__()
+
+
+class CountingRelay:
+    """A TCP relay in front of the daemon: records each connection a client opens, and can cut them all."""
+
+    def __init__(self, target_port: int) -> None:
+        self._target = ("127.0.0.1", target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.client_ports: list[int] = []
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept_forever, name="relay", daemon=True)
+        self._thread.start()
+
+    @property
+    def connections(self) -> int:
+        with self._lock:
+            return len(self.client_ports)
+
+    def _accept_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, address = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            upstream = socket.create_connection(self._target)
+            with self._lock:
+                self.client_ports.append(address[1])
+                self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def cut_all(self) -> None:
+        """Close every relayed connection, as a daemon does with an idle keep-alive connection."""
+        with self._lock:
+            for end in self._open:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+                end.close()
+            self._open.clear()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        self.cut_all()
+
+
+def _closed_port() -> int:
+    """A port on which nothing listens (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _write_token(path: str, token: str) -> None:
+    """Replace the file atomically, as a rotated Kubernetes secret volume does."""
+    staging = f"{path}.new"
+    with open(staging, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    os.replace(staging, path)
+
+
+@pytest.fixture
+def start_daemon(aws: AwsEmulator) -> Iterator[Callable[..., Sidecar]]:
+    """`start_daemon(**SIDECAR_settings)`: a real daemon serving from a thread, stopped at teardown."""
+    started: list[Sidecar] = []
+
+    def start(
+        backend_kwargs: dict[str, Any] | None = None,
+        *,
+        endpoint: str | None = None,
+        clock: FakeClock | None = None,
+        **env: Any,
+    ) -> Sidecar:
+        env.setdefault("warmup", "false")
+        sidecar = Sidecar(make_settings(endpoint or aws, backend_kwargs, **env), clock)
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in reversed(started):
+        sidecar.stop()
+
+
+@pytest.fixture
+def relays() -> Iterator[Callable[[int], CountingRelay]]:
+    opened: list[CountingRelay] = []
+
+    def open_relay(port: int) -> CountingRelay:
+        relay = CountingRelay(port)
+        opened.append(relay)
+        return relay
+
+    yield open_relay
+    for relay in opened:
+        relay.close()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    """A short directory path: a Unix socket path must stay under ~100 bytes."""
+    path = tempfile.mkdtemp(prefix="sc-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --- importing the backend ---
+
+
+def test_importing_the_backend_pulls_in_no_aws_or_aiohttp_code():
+    script = (
+        "import json, sys, time\n"
+        "started = time.perf_counter()\n"
+        "import airflow.secrets\n"
+        "airflow_done = time.perf_counter()\n"
+        "import sidecar.backend\n"
+        "done = time.perf_counter()\n"
+        "heavy = ('boto3', 'botocore', 'aiobotocore', 'aiohttp')\n"
+        "print(json.dumps({'loaded': sorted(m for m in sys.modules if m.split('.')[0] in heavy),\n"
+        "                  'airflow_s': airflow_done - started, 'backend_s': done - airflow_done}))\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=60, check=True
+    )
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+
+    print(
+        f"\nimport airflow.secrets: {report['airflow_s'] * 1000:.0f} ms; "
+        f"then import sidecar.backend: {report['backend_s'] * 1000:.1f} ms"
+    )
+    assert report["loaded"] == []
+
+
+# --- values ---
+
+
+def test_variable_connection_and_config_values(aws, start_daemon):
+    aws.put("airflow/variables/greeting", "hello")
+    aws.put("airflow/connections/pg", "postgresql://user:p%40ss@db.example.com:5432/analytics")
+    aws.put("airflow/connections/api", json.dumps({"engine": "http", "user": "svc", "pass": "pw", "port": 8443}))
+    aws.put("airflow/config/smtp_password", "smtp-pw")
+    daemon = start_daemon()
+    backend = SidecarSecretsBackend(url=daemon.url, token=TOKEN)
+
+    assert backend.get_variable("greeting") == "hello"
+    assert backend.get_conn_value("pg") == "postgresql://user:p%40ss@db.example.com:5432/analytics"
+    assert json.loads(backend.get_conn_value("api") or "") == {
+        "login": "svc",
+        "password": "pw",
+        "host": None,
+        "port": 8443,
+        "schema": None,
+        "conn_type": "http",
+        "extra": None,
+    }
+    assert backend.get_config("smtp_password") == "smtp-pw"
+
+
+def test_unicode_and_multiline_values_arrive_intact(aws, start_daemon):
+    value = 'line one\nzwei: "ü" ✓\n\ttabbed'
+    aws.put("airflow/variables/text", value)
+    backend = SidecarSecretsBackend(url=start_daemon().url, token=TOKEN)
+
+    assert backend.get_variable("text") == value
+
+
+def test_a_key_with_the_separator_reaches_the_nested_secret(aws, start_daemon):
+    aws.put("airflow/variables/team_a/setting", "nested")
+    backend = SidecarSecretsBackend(url=start_daemon().url, token=TOKEN)
+
+    assert backend.get_variable("team_a/setting") == "nested"
+
+
+def test_not_found_is_none_after_asking_the_daemon(aws, start_daemon):
+    backend = SidecarSecretsBackend(url=start_daemon().url, token=TOKEN)
+
+    assert backend.get_variable("absent") is None
+    assert backend.get_conn_value("absent_conn") is None
+    assert backend.get_config("absent_option") is None
+    assert aws.names == ["airflow/variables/absent", "airflow/connections/absent_conn", "airflow/config/absent_option"]
+
+
+def test_team_name_reaches_the_daemon(aws, start_daemon):
+    aws.put("airflow/variables/ops--v", "team value")
+    aws.put("airflow/variables/v", "global value")
+    aws.put("airflow/connections/ops--db", "postgresql://team@h/db")
+    aws.put("airflow/connections/db", "postgresql://global@h/db")
+    backend = SidecarSecretsBackend(url=start_daemon().url, token=TOKEN)
+
+    assert backend.get_variable("v", team_name="ops") == "team value"
+    assert backend.get_variable("v") == "global value"
+    assert backend.get_variable("v", team_name="other") == "global value"
+    assert backend.get_conn_value("db", team_name="ops") == "postgresql://team@h/db"
+    assert backend.get_conn_value("db") == "postgresql://global@h/db"
+
+
+def test_url_and_token_default_to_the_sidecar_environment_variables(aws, start_daemon, monkeypatch):
+    aws.put("airflow/variables/v", "from env settings")
+    daemon = start_daemon()
+    monkeypatch.setenv("SIDECAR_URL", daemon.url)
+    monkeypatch.setenv("SIDECAR_TOKEN", TOKEN)
+
+    assert SidecarSecretsBackend().get_variable("v") == "from env settings"
+
+
+# --- connections: keep-alive, threads, fork, reconnect ---
+
+
+def test_lookups_from_one_thread_share_one_connection(aws, start_daemon, relays):
+    aws.put("airflow/variables/v", "x")
+    relay = relays(start_daemon().port)
+    backend = SidecarSecretsBackend(url=relay.url, token=TOKEN)
+
+    local_ports = set()
+    for _ in range(50):
+        assert backend.get_variable("v") == "x"
+        assert backend.get_variable("absent") is None  # a 404 keeps the connection too
+        local_ports.add(backend._local.connection.sock.getsockname()[1])
+
+    assert relay.connections == 1
+    assert local_ports == set(relay.client_ports)
+
+
+def test_each_thread_gets_its_own_connection(aws, start_daemon, relays):
+    aws.put("airflow/variables/v", "x")
+    relay = relays(start_daemon().port)
+    backend = SidecarSecretsBackend(url=relay.url, token=TOKEN)
+    assert backend.get_variable("v") == "x"
+    threads = 4
+    all_running = threading.Barrier(threads)
+    results: list[str | None] = []
+
+    def worker() -> None:
+        all_running.wait(timeout=10)  # every thread alive at once: none can inherit another's connection
+        for _ in range(10):
+            results.append(backend.get_variable("v"))
+        all_running.wait(timeout=10)
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=30)
+
+    assert results == ["x"] * (threads * 10)
+    assert relay.connections == 1 + threads
+    assert backend.get_variable("v") == "x"
+    assert relay.connections == 1 + threads  # the main thread still has its own
+
+
+def _lookup_in_child(backend: SidecarSecretsBackend, answers: Any) -> None:
+    try:
+        answers.put(("ok", backend.get_variable("v")))
+    except Exception as exc:
+        answers.put(("error", repr(exc)))
+
+
+def test_a_forked_child_opens_its_own_connection(aws, start_daemon, relays):
+    aws.put("airflow/variables/v", "x")
+    relay = relays(start_daemon().port)
+    backend = SidecarSecretsBackend(url=relay.url, token=TOKEN)
+    assert backend.get_variable("v") == "x"
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+
+    child = context.Process(target=_lookup_in_child, args=(backend, answers))
+    child.start()
+    answer = answers.get(timeout=30)
+    child.join(timeout=30)
+
+    assert answer == ("ok", "x")
+    assert child.exitcode == 0
+    assert relay.connections == 2
+    assert backend.get_variable("v") == "x"  # the parent's connection was left alone
+    assert relay.connections == 2
+
+
+def test_a_connection_the_daemon_closed_is_replaced_once(aws, start_daemon, relays):
+    aws.put("airflow/variables/v", "x")
+    relay = relays(start_daemon().port)
+    backend = SidecarSecretsBackend(url=relay.url, token=TOKEN)
+    assert backend.get_variable("v") == "x"
+
+    relay.cut_all()
+
+    assert backend.get_variable("v") == "x"
+    assert relay.connections == 2
+
+
+def test_a_daemon_restarted_on_the_same_port_is_reached_again(aws, start_daemon):
+    aws.put("airflow/variables/v", "x")
+    first = start_daemon()
+    backend = SidecarSecretsBackend(url=first.url, token=TOKEN)
+    assert backend.get_variable("v") == "x"
+    first_port = backend._local.connection.sock.getsockname()[1]
+
+    first.stop()
+    second = start_daemon(port=first.port)
+
+    assert second.url == first.url
+    assert backend.get_variable("v") == "x"
+    assert backend._local.connection.sock.getsockname()[1] != first_port
+
+
+def test_a_daemon_that_went_away_is_an_error_not_a_retry_loop(aws, start_daemon):
+    aws.put("airflow/variables/v", "x")
+    daemon = start_daemon()
+    backend = SidecarSecretsBackend(url=daemon.url, token=TOKEN)
+    assert backend.get_variable("v") == "x"
+
+    daemon.stop()
+
+    started = time.monotonic()
+    with pytest.raises(SidecarError, match="airflow-secrets-sidecar serve"):
+        backend.get_variable("v")
+    assert time.monotonic() - started < 2  # one reconnect, and no startup wait once a daemon answered
+
+
+# --- errors that say what to fix ---
+
+
+def test_daemon_not_running_names_the_url_and_the_command():
+    url = f"http://127.0.0.1:{_closed_port()}"
+    backend = SidecarSecretsBackend(url=url, token=TOKEN, startup_wait=0)  # no wait for a daemon still starting
+
+    with pytest.raises(SidecarError) as raised:
+        backend.get_variable("v")
+
+    message = str(raised.value)
+    assert url in message
+    assert "airflow-secrets-sidecar serve" in message
+    assert "url" in message
+
+
+def test_a_daemon_that_does_not_answer_times_out():
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts into the backlog, never replies
+    try:
+        backend = SidecarSecretsBackend(url=f"http://127.0.0.1:{listener.getsockname()[1]}", token=TOKEN, timeout=0.3)
+        started = time.monotonic()
+        with pytest.raises(SidecarError, match="TimeoutError"):
+            backend.get_variable("v")
+        assert time.monotonic() - started < 3
+    finally:
+        listener.close()
+
+
+def test_wrong_token_names_the_token_settings_and_not_the_token(aws, start_daemon):
+    aws.put("airflow/variables/v", "secret value")
+    wrong = "wrong-token-9876543210fedcba"
+    backend = SidecarSecretsBackend(url=start_daemon().url, token=wrong)
+
+    with pytest.raises(SidecarError) as raised:
+        backend.get_variable("v")
+
+    message = str(raised.value)
+    assert "token" in message
+    assert "token_file" in message
+    assert wrong not in message
+    assert TOKEN not in message
+    assert "secret value" not in message
+    assert aws.total() == 0
+
+
+def test_missing_token_is_refused_the_same_way(aws, start_daemon, monkeypatch):
+    monkeypatch.delenv("SIDECAR_TOKEN", raising=False)
+    monkeypatch.delenv("SIDECAR_TOKEN_FILE", raising=False)
+    backend = SidecarSecretsBackend(url=start_daemon().url)
+
+    with pytest.raises(SidecarError, match="refused the token"):
+        backend.get_variable("v")
+
+
+def test_upstream_failure_is_an_error_naming_503(aws, start_daemon):
+    daemon = start_daemon(endpoint=f"http://127.0.0.1:{_closed_port()}", request_timeout="5")
+    backend = SidecarSecretsBackend(url=daemon.url, token=TOKEN)
+
+    with pytest.raises(SidecarError) as raised:
+        backend.get_variable("v")
+
+    message = str(raised.value)
+    assert "503" in message
+    assert daemon.url in message
+    assert "'v'" in message
+
+
+def test_unknown_backend_kwarg_is_named():
+    with pytest.raises(SidecarError) as raised:
+        SidecarSecretsBackend(url="http://127.0.0.1:2779", token=TOKEN, variables_prefix="airflow/variables")
+
+    message = str(raised.value)
+    assert "variables_prefix" in message
+    assert "SIDECAR_BACKEND_KWARGS" in message
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:2779", "https://127.0.0.1:2779", "http://"])
+def test_a_url_that_is_not_plain_http_is_named(url):
+    with pytest.raises(SidecarError, match="'url'"):
+        SidecarSecretsBackend(url=url, token=TOKEN)
+
+
+# --- token files ---
+
+
+def test_token_file_kwarg(aws, start_daemon, tmp_path):
+    aws.put("airflow/variables/v", "x")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    backend = SidecarSecretsBackend(url=start_daemon().url, token_file=str(token_file))
+
+    assert backend.get_variable("v") == "x"
+
+
+def test_unreadable_token_file_names_the_setting(tmp_path):
+    missing = str(tmp_path / "no-such-token")
+
+    with pytest.raises(SidecarError) as raised:
+        SidecarSecretsBackend(url="http://127.0.0.1:2779", token_file=missing)
+
+    assert "token_file" in str(raised.value)
+    assert missing in str(raised.value)
+
+
+def test_a_rotated_token_file_is_read_again_after_a_401(aws, start_daemon, tmp_path):
+    aws.put("airflow/variables/v", "x")
+    token_file = str(tmp_path / "token")  # one file, mounted into the daemon and into Airflow
+    _write_token(token_file, TOKEN)
+    clock = FakeClock()
+    daemon = start_daemon(token_file=token_file, clock=clock)
+    backend = SidecarSecretsBackend(url=daemon.url, token_file=token_file)
+    assert backend.get_variable("v") == "x"
+
+    _write_token(token_file, "rotated-token-abcdefghijklmnop")
+    assert backend.get_variable("v") == "x"  # the daemon has not looked at its file yet: old token still good
+    clock.advance(TOKEN_RECHECK_SECONDS + 0.1)  # now it does, and takes the new token
+
+    assert backend.get_variable("v") == "x"  # sent the old token, got 401, read the file again
+    assert backend.get_variable("v") == "x"
+    assert _status_with(daemon, TOKEN) == 401  # the old token really is refused now
+
+
+def _status_with(daemon: Sidecar, token: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=5)
+    try:
+        connection.request("GET", "/v1/variables/v", headers={"X-Sidecar-Token": token})
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+# --- Unix socket ---
+
+
+def test_unix_socket_kwarg(aws, start_daemon, short_dir):
+    aws.put("airflow/variables/v", "over a unix socket")
+    path = os.path.join(short_dir, "sidecar.sock")
+    daemon = start_daemon(unix_socket=path)
+    assert daemon.url == f"unix:{path}"
+    backend = SidecarSecretsBackend(unix_socket=path, token=TOKEN)
+
+    assert backend.get_variable("v") == "over a unix socket"
+    assert backend.get_variable("absent") is None
+    first = backend._local.connection.sock
+    assert backend.get_variable("v") == "over a unix socket"
+    assert backend._local.connection.sock is first  # kept alive
+
+
+def test_unix_socket_not_there_names_the_socket_and_the_command(short_dir):
+    path = os.path.join(short_dir, "nobody.sock")
+    backend = SidecarSecretsBackend(unix_socket=path, token=TOKEN, startup_wait=0)
+
+    with pytest.raises(SidecarError) as raised:
+        backend.get_variable("v")
+
+    assert path in str(raised.value)
+    assert "unix_socket" in str(raised.value)
+    assert "airflow-secrets-sidecar serve" in str(raised.value)

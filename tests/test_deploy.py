@@ -1,0 +1,277 @@
+"""The deployment examples (deploy/, Dockerfile) name only settings the code reads, keep the daemon on loopback,
+and the Astro wrapper script really starts the daemon and hands a working token to Airflow."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import inspect
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sidecar.config import _is_loopback, load_settings, parse_backend_kwargs
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
+SHELL_SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
+ENV_FILES = sorted(DEPLOY.rglob(".env*"))
+TEXT_FILES = sorted({*YAML_FILES, *SHELL_SCRIPTS, *ENV_FILES, *DEPLOY.rglob("Dockerfile*"), ROOT / "Dockerfile"})
+WRAPPER = DEPLOY / "astro" / "start-with-sidecar.sh"
+
+# A whole SIDECAR_* name: not the tail of another variable (AIRFLOW_SECRETS_SIDECAR_WAIT), not `SIDECAR_*`.
+SETTING_NAME = re.compile(r"(?<![A-Z0-9_])SIDECAR_[A-Z0-9_]*[A-Z0-9]")
+CONTAINER_LISTS = ("containers", "initContainers", "extraContainers", "extraInitContainers")
+INIT_LISTS = ("initContainers", "extraInitContainers")
+BACKEND_CLASS = "sidecar.backend.SidecarSecretsBackend"
+
+
+class _RecordingEnviron(dict[str, str]):
+    """An environment that remembers every name asked for."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.asked.add(str(key))
+        return super().__contains__(key)
+
+
+def _names_load_settings_reads() -> set[str]:
+    environ = _RecordingEnviron({"SIDECAR_TOKEN": "t" * 32})
+    load_settings(argparse.Namespace(), environ)
+    return {name for name in environ.asked if name.startswith("SIDECAR_")}
+
+
+def _names_the_code_reads() -> set[str]:
+    names = _names_load_settings_reads()
+    for module in ("config.py", "backend.py"):
+        names |= set(SETTING_NAME.findall((ROOT / "sidecar" / module).read_text()))
+    return names
+
+
+KNOWN_NAMES = _names_the_code_reads()
+
+
+def _documents(path: Path) -> list[Any]:
+    with path.open() as handle:
+        return [doc for doc in yaml.safe_load_all(handle) if doc is not None]
+
+
+def _containers(node: Any, list_key: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every container spec in a manifest or a Helm values file, with the key of the list holding it."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _containers(value, key)
+    elif isinstance(node, list):
+        for item in node:
+            if list_key in CONTAINER_LISTS and isinstance(item, dict) and "name" in item:
+                yield list_key, item
+            yield from _containers(item)
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: str(item.get("value", "")) for item in container.get("env") or []}
+
+
+def _env_lists(node: Any) -> Iterator[dict[str, str]]:
+    """Every `env:` list (containers, Helm components) as a dict."""
+    if isinstance(node, dict):
+        if isinstance(node.get("env"), list):
+            yield _env(node)
+        for value in node.values():
+            yield from _env_lists(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _env_lists(item)
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if re.match(r"[A-Z_][A-Z0-9_]*=", line))
+    return dict(pairs)
+
+
+def _sidecars(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    found = [(key, c) for doc in _documents(path) for key, c in _containers(doc)]
+    return [(key, c) for key, c in found if "airflow-secrets-sidecar" in str(c.get("image", ""))]
+
+
+def test_there_is_something_to_check() -> None:
+    assert YAML_FILES and SHELL_SCRIPTS and ENV_FILES
+    # The recorder must see load_settings' reads, or the name check below would be vacuous.
+    assert {"SIDECAR_TTL", "SIDECAR_HOST", "SIDECAR_BACKEND_KWARGS", "SIDECAR_TOKEN_FILE"} <= KNOWN_NAMES
+
+
+@pytest.mark.parametrize("path", TEXT_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_only_settings_the_code_reads_are_named(path: Path) -> None:
+    """Set, read or merely mentioned in a comment: a SIDECAR_* name that nothing reads misleads users."""
+    unknown = set(SETTING_NAME.findall(path.read_text())) - KNOWN_NAMES
+    assert not unknown, f"{path.name} names settings the daemon and backend do not read: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_sidecar_containers_stay_on_loopback(path: Path) -> None:
+    sidecars = _sidecars(path)
+    assert sidecars, f"no airflow-secrets-sidecar container found in {path.name}"
+    for list_key, container in sidecars:
+        env = _env(container)
+        assert _is_loopback(env.get("SIDECAR_HOST", "127.0.0.1")), "SIDECAR_HOST must stay loopback"
+        assert env.get("SIDECAR_ALLOW_REMOTE", "false").lower() in ("", "0", "false", "no", "off")
+        assert not container.get("ports"), "a port on a loopback-only daemon is reachable by nobody"
+        # Native sidecar: up before Airflow, down after it.
+        assert list_key in INIT_LISTS and container.get("restartPolicy") == "Always"
+        # The kubelet probes the pod IP, where the daemon does not listen: probes must run inside.
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert set(container[probe]) & {"httpGet", "tcpSocket", "grpc"} == set()
+            assert container[probe]["exec"]["command"][:2] == ["airflow-secrets-sidecar", "probe"]
+
+
+@pytest.mark.parametrize("path", [ROOT / "Dockerfile", *ENV_FILES], ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_file_moves_the_daemon_off_loopback(path: Path) -> None:
+    for host in re.findall(r"\bSIDECAR_HOST=(\S+)", path.read_text()):
+        assert _is_loopback(host.strip("'\""))
+
+
+@pytest.mark.parametrize("path", [*YAML_FILES, *ENV_FILES], ids=lambda p: str(p.relative_to(ROOT)))
+def test_settings_values_are_valid(path: Path) -> None:
+    """The JSON a user copies must parse, and Airflow must be pointed at a class that exists."""
+    backend_module = pytest.importorskip("sidecar.backend")  # needs apache-airflow or its Task SDK
+    accepted = set(inspect.signature(backend_module.SidecarSecretsBackend).parameters) - {"kwargs"}
+    envs = [_env_file(path)] if path in ENV_FILES else list(_env_lists(_documents(path)))
+    checked = 0
+    for env in envs:
+        if "SIDECAR_BACKEND_KWARGS" in env:
+            parse_backend_kwargs(env["SIDECAR_BACKEND_KWARGS"], env.get("SIDECAR_SOURCE") or "secretsmanager")
+            checked += 1
+        if "AIRFLOW__SECRETS__BACKEND" in env:
+            assert env["AIRFLOW__SECRETS__BACKEND"] == BACKEND_CLASS
+            module, _, name = BACKEND_CLASS.rpartition(".")
+            assert getattr(importlib.import_module(module), name) is backend_module.SidecarSecretsBackend
+            kwargs = json.loads(env.get("AIRFLOW__SECRETS__BACKEND_KWARGS") or "{}")
+            assert set(kwargs) <= accepted, f"the backend does not accept {sorted(set(kwargs) - accepted)}"
+            checked += 1
+    assert checked >= 2, f"{path.name} sets neither the daemon's nor Airflow's side"
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_airflow_and_sidecar_share_one_token_file(path: Path) -> None:
+    docs = _documents(path)
+    airflow_side = {
+        json.loads(env["AIRFLOW__SECRETS__BACKEND_KWARGS"]).get("token_file")
+        for env in _env_lists(docs)
+        if "AIRFLOW__SECRETS__BACKEND_KWARGS" in env
+    }
+    for _, sidecar in _sidecars(path):
+        token_file = _env(sidecar)["SIDECAR_TOKEN_FILE"]
+        assert airflow_side == {token_file}
+        mounts = {mount["mountPath"].rstrip("/") for mount in sidecar["volumeMounts"]}
+        assert str(Path(token_file).parent) in mounts, "the token file must come from a mounted Secret"
+
+
+@pytest.mark.parametrize("path", SHELL_SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shell_scripts_parse_and_are_executable(path: Path) -> None:
+    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert path.stat().st_mode & stat.S_IXUSR, f"chmod +x {path.relative_to(ROOT)}"
+
+
+# --- the Astro wrapper, run for real ---
+
+
+def _wrapper_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "AIRFLOW_", "AIRFLOW__"))}
+    env["AIRFLOW_SECRETS_SIDECAR_BIN"] = str(Path(sys.executable).with_name("airflow-secrets-sidecar"))
+    return {**env, **extra}
+
+
+def test_wrapper_runs_the_command_unchanged_when_airflow_does_not_use_the_sidecar() -> None:
+    result = subprocess.run(["bash", str(WRAPPER), "sh", "-c", "exit 7"], env=_wrapper_env(), timeout=30)
+    assert result.returncode == 7
+
+
+def test_wrapper_stops_before_airflow_when_the_daemon_cannot_start() -> None:
+    env = _wrapper_env(AIRFLOW__SECRETS__BACKEND=BACKEND_CLASS, SIDECAR_BACKEND_KWARGS="not json")
+    result = subprocess.run(["bash", str(WRAPPER), "echo", "airflow ran"], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "airflow ran" not in result.stdout
+    assert "SIDECAR_BACKEND_KWARGS" in result.stderr
+
+
+_CLIENT = """
+import json, os, urllib.error, urllib.request
+print(os.environ["AIRFLOW_SECRETS_SIDECAR_PID"], flush=True)
+path = os.environ["SIDECAR_TOKEN_FILE"]
+codes = {}
+for label, token in (("right", open(path).read().strip()), ("wrong", "x" * 32)):
+    request = urllib.request.Request(os.environ["URL"], headers={"X-Sidecar-Token": token})
+    try:
+        codes[label] = urllib.request.urlopen(request, timeout=5).status
+    except urllib.error.HTTPError as exc:
+        codes[label] = exc.code
+print(json.dumps({"codes": codes, "mode": oct(os.stat(path).st_mode & 0o777)}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("setsid") is None, reason="the cleanup relies on setsid's process group")
+def test_wrapper_starts_the_daemon_with_a_private_token_before_airflow(tmp_path: Path) -> None:
+    port = _free_port()
+    env = _wrapper_env(
+        TMPDIR=str(tmp_path),  # where the wrapper writes the generated token
+        AIRFLOW__SECRETS__BACKEND=BACKEND_CLASS,
+        SIDECAR_PORT=str(port),
+        SIDECAR_WARMUP="false",
+        # Variables switched off: a 404 with no AWS call, and nothing can reach AWS anyway.
+        SIDECAR_BACKEND_KWARGS='{"variables_prefix": null, "endpoint_url": "http://127.0.0.1:9"}',
+        URL=f"http://127.0.0.1:{port}/v1/variables/anything",
+    )
+    # Files, not pipes: the daemon inherits the wrapper's stdout and stderr and outlives the command.
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    with stdout.open("w") as out, stderr.open("w") as err:
+        command = ["bash", str(WRAPPER), sys.executable, "-c", _CLIENT]
+        result = subprocess.run(command, env=env, stdout=out, stderr=err, timeout=60)
+    lines = stdout.read_text().splitlines()
+    supervisor = int(lines[0]) if lines and lines[0].isdigit() else None
+    try:
+        assert result.returncode == 0, stderr.read_text()
+        report = json.loads(lines[1])
+        assert report["codes"] == {"right": 404, "wrong": 401}
+        assert report["mode"] == "0o600"
+    finally:
+        # Outside a container nothing tears the daemon down when the command ends: stop its process group.
+        with contextlib.suppress(ProcessLookupError):
+            if supervisor is not None and os.getpgid(supervisor) == supervisor:
+                os.killpg(supervisor, signal.SIGTERM)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    os.killpg(supervisor, 0)  # raises once the group is gone
+                    time.sleep(0.1)
