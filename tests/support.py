@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -19,6 +21,16 @@ from sidecar.config import Settings, load_settings
 
 REGION = "us-east-1"
 TOKEN = "test-token-0123456789abcdef"
+REPO = Path(__file__).resolve().parent.parent
+# The daemon and boto3 find these through the standard credential chain; nothing reaches AWS.
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 
 
 class FakeClock:
@@ -168,3 +180,20 @@ class DaemonThread:
     def address(self) -> tuple[str, int]:
         host, port = self.daemon.url.removeprefix("http://").rsplit(":", 1)
         return host, int(port)
+
+
+def airflow_env(home: Path, **settings: str) -> dict[str, str]:
+    """The environment of a fresh Airflow process: this one's, minus any Airflow or sidecar setting."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("AIRFLOW", "SIDECAR_", "_AIRFLOW")) and name != "PYTEST_CURRENT_TEST"
+    }
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
+        **settings,
+    )
+    return env

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import REGION, TOKEN, AwsEmulator
+from tests.support import REGION, REPO, TOKEN, AwsEmulator, airflow_env
 
 SIDECAR = "sidecar.backend.SidecarSecretsBackend"
 PG_URI = "postgresql://user:p%40ss@db.example.com:5432/analytics"
@@ -38,7 +38,6 @@ API_CONN = {  # the provider's alias words: engine -> conn_type, user -> login, 
     "port": 8443,
     "extra": {"timeout": 30},
 }
-REPO = Path(__file__).resolve().parents[1]  # the checkout under test, whatever is installed
 SETTINGS = {"retries": 3, "tags": ["etl", "daily"], "nested": {"on": True}}
 
 # Runs inside Airflow: every lookup in one process, because Airflow takes ~1 s to import.
@@ -156,21 +155,9 @@ def _closed_url() -> str:
 
 def run_airflow(home: Path, settings: dict[str, str], *args: str) -> dict[str, Any]:
     """Run AIRFLOW_SCRIPT in a fresh interpreter with only these Airflow settings; its printed JSON."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("AIRFLOW", "SIDECAR_", "_AIRFLOW")) and name != "PYTEST_CURRENT_TEST"
-    }
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
-        **settings,
-    )
     result = subprocess.run(
         [sys.executable, "-c", AIRFLOW_SCRIPT, *args],
-        env=env,
+        env=airflow_env(home, **settings),
         cwd=home,
         capture_output=True,
         text=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import TOKEN, AwsEmulator, DaemonThread, make_settings
+from tests.support import TOKEN, AwsEmulator, DaemonThread, airflow_env, make_settings
 
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW = Path(sys.executable).with_name("airflow")  # the CLI of the environment running the tests
@@ -78,17 +77,9 @@ sidecar_secrets_dag()
 
 
 def airflow(home: Path, sidecar_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("AIRFLOW", "SIDECAR_", "_AIRFLOW")) and name != "PYTEST_CURRENT_TEST"
-    }
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        AIRFLOW_HOME=str(home),
+    env = airflow_env(
+        home,
         AIRFLOW__CORE__DAGS_FOLDER=str(home / "dags"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
         AIRFLOW__SECRETS__BACKEND="sidecar.backend.SidecarSecretsBackend",
         AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps({"url": sidecar_url, "token": TOKEN}),
     )

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from tests.airflow2.check_backend import SECRETS
-from tests.support import TOKEN, AwsEmulator, DaemonThread, make_settings
+from tests.support import FAKE_AWS_ENV, TOKEN, AwsEmulator, DaemonThread, make_settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK = Path(__file__).with_name("check_backend.py")
@@ -27,14 +27,7 @@ def main() -> int:
     if not Path(python).exists():
         print(f"no Airflow 2.10 interpreter at {python}: run `make test-airflow2` (or set AIRFLOW2_PYTHON)")
         return 2
-    # The daemon finds these through the standard credential chain; nothing reaches AWS.
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
+    os.environ.update(FAKE_AWS_ENV)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
     aws = AwsEmulator()
     aws.start()

@@ -1,0 +1,71 @@
+"""The test suite's counting AWS emulator, plus a per-request delay that models a regional round trip."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from tests.support import AwsEmulator
+
+
+def client_family(user_agent: str) -> str:
+    """`sidecar` for the daemon's aiobotocore client, `stock` for boto3 (the provider backend)."""
+    return "sidecar" if user_agent.startswith("aiobotocore/") else "stock"
+
+
+class SlowAwsEmulator(AwsEmulator):
+    """`AwsEmulator` whose AWS API requests each take at least `latency` seconds more.
+
+    The delay wraps the emulator's whole WSGI app (the counting layer included), so every
+    request that reaches "AWS" pays it, as on the wire; moto's own admin routes do not.
+    `latency` may be changed while the server runs.
+
+    Besides `calls` (per API) it counts `by_client[(family, api)]`, the family told apart by
+    User-Agent, so that the stock backend's and the daemon's calls stay apart even when both
+    run in the same stretch of time (the daemon refreshes in the background).
+    """
+
+    def __init__(self, latency: float = 0.0) -> None:
+        super().__init__()
+        self.latency = latency
+        self.by_client: Counter[tuple[str, str]] = Counter()
+
+    def start(self) -> None:
+        super().start()  # returns once the server exists, before any request is served
+        server = self._server
+        assert server is not None
+        inner = server.app
+
+        def delayed_app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            target = environ.get("HTTP_X_AMZ_TARGET", "")
+            if target:
+                family = client_family(environ.get("HTTP_USER_AGENT", ""))
+                with self._lock:
+                    self.by_client[family, target.rsplit(".", 1)[-1]] += 1
+            latency = self.latency
+            if latency > 0 and not environ.get("PATH_INFO", "").startswith("/moto-api"):
+                time.sleep(latency)
+            return inner(environ, start_response)
+
+        server.app = delayed_app  # werkzeug's request handler calls `self.server.app` per request
+
+    def clear_counts(self) -> None:
+        super().clear_counts()
+        with self._lock:
+            self.by_client.clear()
+
+    def snapshot(self, family: str | None = None) -> dict[str, int]:
+        """The calls counted so far, per API: all of them, or those of one client family."""
+        with self._lock:
+            if family is None:
+                return dict(sorted(Counter(self.calls).items()))
+            return dict(sorted((api, count) for (who, api), count in self.by_client.items() if who == family))
+
+    def seed(self, secrets: dict[str, str]) -> None:
+        """Create many secrets through one client (`put` builds a client per secret), then zero the counts."""
+        client = self.client()
+        for name, value in secrets.items():
+            client.create_secret(Name=name, SecretString=value)
+        self.clear_counts()

@@ -1,0 +1,52 @@
+"""Summaries and plain-text tables."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+
+def summarize_us(samples: Sequence[float]) -> dict[str, float]:
+    """p50, p90, p99 and mean of samples in microseconds."""
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {
+        "n": len(samples),
+        "p50_us": cuts[49],
+        "p90_us": cuts[89],
+        "p99_us": cuts[98],
+        "mean_us": statistics.fmean(samples),
+        "min_us": min(samples),
+        "max_us": max(samples),
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def number(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) or digits == 0:
+        return f"{round(value):,}"
+    return f"{value:,.{digits}f}"
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> str:
+    """Left-aligned first column, right-aligned others; every cell already a string or a number."""
+    cells = [[cell if isinstance(cell, str) else number(cell) for cell in row] for row in rows]
+    widths = [max(len(str(h)), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+
+    def line(row: Sequence[str]) -> str:
+        parts = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        return "  ".join(parts).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    out = [title, "=" * len(title), line([str(h) for h in headers]), rule, *(line(row) for row in cells)]
+    out += [f"  {note}" for note in notes]
+    return "\n".join(out)

@@ -1,0 +1,47 @@
+"""The benchmark suite runs, writes its figures, and the call counts it reports favour the sidecar.
+
+Call counts are correctness, not timing: the sidecar must make strictly fewer AWS calls than the
+stock backend for the same lookups. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = {"environment", "settings", "warm_latency", "fresh_processes", "calls_per_day"}
+
+
+def test_quick_benchmark_run(tmp_path: Path) -> None:
+    output = tmp_path / "x.json"
+    command = [sys.executable, "-m", "tests.benchmarks.run", "--quick", "--latency-ms", "0", "--output", str(output)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    for title in ("1. Warm get_variable", "2a. AWS calls", "2b. Time", "3. AWS calls per day"):
+        assert title in done.stdout
+
+    report = json.loads(output.read_text(encoding="utf-8"))
+    assert report.keys() >= SECTIONS
+    assert report["environment"]["versions"]["apache-airflow"]
+    assert report["settings"]["quick"] is True
+
+    warm = report["warm_latency"]
+    assert [run["latency_ms"] for run in warm] == [0]
+    for run in warm:
+        stock, sidecar = run["results"]["stock"], run["results"]["sidecar"]
+        assert sum(sidecar["aws_calls"].values()) < sum(stock["aws_calls"].values())
+
+    fresh = report["fresh_processes"]
+    stock_calls = fresh["stock"]["aws_calls_total"]
+    sidecar_calls = fresh["sidecar"]["aws_calls_total"] + fresh["sidecar"]["daemon_warm_up_calls_total"]
+    assert stock_calls == fresh["processes"] * fresh["lookups_per_process"]  # stock: one call per lookup
+    assert sidecar_calls < stock_calls
+    assert not fresh["sidecar"]["boto3_loaded_in_any"]  # the Airflow side never imports boto3
+
+    day = report["calls_per_day"]
+    stock_day = sum(day["stock"]["calls_per_day_per_reading_process"].values())
+    assert 0 < day["sidecar"]["calls_per_day_total"] < stock_day
+    assert day["sidecar"]["reads"] > 0
