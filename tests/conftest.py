@@ -8,17 +8,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-# The daemon and boto3 find these through the standard credential chain; nothing reaches AWS.
-os.environ.update(
-    AWS_ACCESS_KEY_ID="testing",
-    AWS_SECRET_ACCESS_KEY="testing",
-    AWS_DEFAULT_REGION="us-east-1",
-    AWS_CONFIG_FILE=os.devnull,
-    AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-)
-
 from sidecar.daemon import Daemon
-from tests.support import TOKEN, AwsEmulator, FakeClock, make_settings
+from tests.support import FAKE_AWS_ENV, TOKEN, AwsEmulator, FakeClock, make_settings
+
+os.environ.update(FAKE_AWS_ENV)  # before any test builds an AWS client
 
 
 @pytest.fixture(scope="session")
