@@ -17,6 +17,7 @@ answers), `fallback_kwargs` (that backend's kwargs; default `SIDECAR_BACKEND_KWA
 from __future__ import annotations
 
 import http.client
+import importlib
 import json
 import logging
 import os
@@ -255,8 +256,6 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         if self._fallback is None:
             module_name, _, class_name = PROVIDER_BACKENDS[self.source].rpartition(".")
             try:
-                import importlib
-
                 backend_class = getattr(importlib.import_module(module_name), class_name)
             except ImportError:
                 raise SidecarError(
