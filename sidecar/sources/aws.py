@@ -15,9 +15,9 @@ from aiobotocore.config import AioConfig
 from aiobotocore.credentials import AioAssumeRoleCredentialFetcher, AioDeferredRefreshableCredentials
 from aiobotocore.session import AioSession
 from botocore.credentials import CredentialProvider
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ProfileNotFound
 
-from sidecar.config import StoreSettings
+from sidecar.config import ConfigError, StoreSettings
 from sidecar.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,22 @@ async def open_client(service: str, store: StoreSettings, max_upstream: int) -> 
         kwargs["endpoint_url"] = store.endpoint_url
     if store.verify is not None:
         kwargs["verify"] = store.verify
-    async with _session(store).create_client(service, **kwargs) as client:
+    try:
+        client_context = _session(store).create_client(service, **kwargs)
+        client = await client_context.__aenter__()
+    except ProfileNotFound:
+        raise ConfigError(
+            f"--backend-kwargs / SIDECAR_BACKEND_KWARGS: profile_name {store.profile_name!r} is not in the "
+            "AWS config files (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE)"
+        ) from None
+    except NoRegionError:
+        raise ConfigError(
+            "no AWS region: set region_name in --backend-kwargs / SIDECAR_BACKEND_KWARGS, or AWS_REGION"
+        ) from None
+    try:
         yield client
+    finally:
+        await client_context.__aexit__(None, None, None)
 
 
 class Caller:
