@@ -42,6 +42,7 @@ class Catalog:
         """True only when a fresh listing covers `name` and lacks it."""
         if self._listed_at is None or self._timer() - self._listed_at > self._max_age:
             return False
+        name = name.partition(":")[0]  # a Parameter Store `name:version` exists if `name` does
         if name in self._names or not any(name.startswith(prefix) for prefix in self._prefixes):
             return False
         self._metrics.lookups.labels("listed_absent").inc()

@@ -23,7 +23,8 @@ TEAM_SEP = "--"
 # Each store's rule for names; anything else cannot exist, so it is a miss with no call.
 VALID_NAME = {
     "secretsmanager": re.compile(r"[A-Za-z0-9/_+=.@-]{1,512}"),
-    "ssm": re.compile(r"/[A-Za-z0-9/_.-]{1,1010}"),
+    # A `:version` or `:label` selector is Parameter Store's own way to pin a value.
+    "ssm": re.compile(r"/[A-Za-z0-9/_.-]{1,1010}(:[A-Za-z0-9_.-]{1,100})?"),
 }
 # Airflow's rule for team names (`airflow teams create`), without its 3-character minimum.
 VALID_TEAM = re.compile(r"[A-Za-z0-9_-]{1,50}")
@@ -63,7 +64,7 @@ class Resolver:
             raise InvalidTeam("a team name is 1-50 characters of A-Z, a-z, 0-9, _ and -")
         store = self._store
         rule = store.kinds[kind]
-        if rule.prefix is None or not rule.admits(key) or not _safe_key(key, store.sep):
+        if rule.prefix is None or not rule.admits(key) or not _safe_key(key):
             return []
         ids = [key]
         if team and kind != "config":  # config options are never team-scoped
@@ -123,8 +124,6 @@ def listed_prefixes(store: StoreSettings) -> list[str]:
     return sorted(prefixes)
 
 
-def _safe_key(key: str, sep: str) -> bool:
-    """No empty, leading-separator or `..` segments: a key names one secret below its prefix."""
-    if not key or key.startswith(sep):
-        return False
-    return ".." not in key.split(sep) and ".." not in key.split("/")
+def _safe_key(key: str) -> bool:
+    """Not empty, no leading "/", no `..` path segment: a key names one secret below its prefix."""
+    return bool(key) and not key.startswith("/") and ".." not in key.split("/")

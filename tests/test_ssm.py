@@ -79,3 +79,18 @@ async def test_refresh_ahead_batches_with_get_parameters(aws, start_sidecar):
 
     assert await sidecar.daemon.cache.refresh_due() == 2
     assert dict(aws.calls) == {"GetParameters": 1}
+
+
+async def test_version_and_label_selectors_pin_a_value(aws, start_sidecar):
+    ssm = aws.client("ssm")
+    ssm.put_parameter(Name="/airflow/variables/v", Value="v1", Type="String")
+    ssm.put_parameter(Name="/airflow/variables/v", Value="v2", Type="String", Overwrite=True)
+    ssm.label_parameter_version(Name="/airflow/variables/v", ParameterVersion=1, Labels=["old"])
+    sidecar = await start_sidecar(source="ssm", warm=True)
+
+    assert (await sidecar.get("variables", "v"))[1] == {"value": "v2"}
+    assert (await sidecar.get("variables", "v:1"))[1] == {"value": "v1"}
+    assert (await sidecar.get("variables", "v:old"))[1] == {"value": "v1"}
+    assert (await sidecar.get("variables", "v:9"))[0] == 404
+    assert (await sidecar.get("variables", "absent:1"))[0] == 404  # the listing knows: no call
+    assert "/airflow/variables/absent:1" not in aws.names

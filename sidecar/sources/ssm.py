@@ -12,8 +12,9 @@ from sidecar.config import Settings
 from sidecar.metrics import Metrics
 from sidecar.sources.aws import Caller, open_client
 
-# The provider's SystemsManagerParameterStoreBackend returns None for this one only.
-NOT_FOUND_CODES = frozenset({"ParameterNotFound"})
+# The provider returns None for ParameterNotFound; a `name:version` that does not exist makes it
+# raise ParameterVersionNotFound, which Airflow logs and treats as not found: here, simply a 404.
+NOT_FOUND_CODES = frozenset({"ParameterNotFound", "ParameterVersionNotFound"})
 BATCH_SIZE = 10  # GetParameters takes at most 10 names per call
 
 
