@@ -3,19 +3,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-airflow2 lint bench clean
+.PHONY: demo test test-airflow2 lint bench constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Stamp files re-run the install only when pyproject.toml changes.
-$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[demo]'
+# Stamp files re-run the install only when pyproject.toml or the constraints change. The
+# constraints pin a known-good resolution: without them pip can backtrack for many minutes.
+$(VENV)/.demo-installed: pyproject.toml constraints-dev.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints-dev.txt -e '.[demo]'
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
+$(VENV)/.dev-installed: pyproject.toml constraints-dev.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints-dev.txt -e '.[dev]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed
@@ -49,6 +50,17 @@ test-airflow2: $(VENV)/.dev-installed $(AIRFLOW2_VENV)/.installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.benchmarks.run
+
+# After changing dependencies: resolve afresh (slow), then pin the result for everyone.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install -q --upgrade pip
+	.venv-constraints/bin/python -m pip install -q -e '.[dev]'
+	{ sed -n '1,3p' constraints-dev.txt; .venv-constraints/bin/python -m pip freeze --exclude-editable \
+	  | grep -v '^airflow-secrets-sidecar'; } > constraints-dev.txt.new
+	mv constraints-dev.txt.new constraints-dev.txt
+	rm -rf .venv-constraints
 
 clean:
 	rm -rf $(VENV) $(AIRFLOW2_VENV) build *.egg-info .pytest_cache .ruff_cache
