@@ -198,7 +198,7 @@ class Cache:
             # AccessDenied and the like: never serve what we may no longer be allowed to read.
             self._entries.pop(key, None)
             if count == 1:  # once per refused key, not once per request during its back-off
-                log.warning("fetch of %s refused: %s (%s)", key, error, error.hint)
+                log.warning("fetch of %s refused: %s (%s). AWS said: %s", key, error, error.hint, error.detail)
         elif self._outage is None:  # once per outage, however many keys it hits
             self._outage = error
             log.warning(

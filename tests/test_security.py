@@ -250,3 +250,25 @@ def _wait_ready(address: tuple[str, int]) -> None:
             pass
         time.sleep(0.05)
     raise AssertionError("the daemon did not become ready")
+
+
+def test_unix_socket_is_0660_and_takes_the_configured_group(aws, tmp_path):
+    import grp
+    import stat as stat_module
+
+    group = grp.getgrgid(os.getgid()).gr_name
+    path = tmp_path / "sidecar.sock"
+    settings = make_settings(aws, unix_socket=str(path), unix_socket_group=group, warmup="false")
+    with DaemonThread(settings, background=False):
+        mode = path.stat()
+        assert stat_module.S_ISSOCK(mode.st_mode)
+        assert stat_module.S_IMODE(mode.st_mode) == 0o660
+        assert mode.st_gid == os.getgid()
+    assert not path.exists()
+
+
+def test_unknown_socket_group_is_a_configuration_error(aws, tmp_path):
+    from sidecar.config import ConfigError
+
+    with pytest.raises(ConfigError, match="SIDECAR_UNIX_SOCKET_GROUP"):
+        make_settings(aws, unix_socket=str(tmp_path / "s.sock"), unix_socket_group="no-such-group-x")
