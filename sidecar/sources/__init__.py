@@ -12,12 +12,13 @@ from typing import Protocol
 
 from sidecar.config import Settings
 from sidecar.metrics import Metrics
-from sidecar.sources.aws import UpstreamError
+from sidecar.sources.aws import Caller, UpstreamError, open_client
 
 __all__ = ["Source", "UpstreamError", "open_source"]
 
 
 class Source(Protocol):
+    service: str  # the AWS service name of its client
     list_permission: str  # the IAM action that listing needs, for the log line when it is denied
 
     async def get(self, name: str) -> str | None: ...
@@ -35,5 +36,5 @@ async def open_source(settings: Settings, metrics: Metrics) -> AsyncIterator[Sou
         from sidecar.sources.ssm import ParameterStoreSource as source_class
     else:
         from sidecar.sources.secretsmanager import SecretsManagerSource as source_class
-    async with source_class.open(settings, metrics) as source:
-        yield source
+    async with open_client(source_class.service, settings.store, settings.max_upstream) as client:
+        yield source_class(client, Caller(metrics, settings.max_upstream))

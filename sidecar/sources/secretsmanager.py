@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from aiobotocore.client import AioBaseClient
 
-from sidecar.config import Settings
-from sidecar.metrics import Metrics
-from sidecar.sources.aws import Caller, UpstreamError, open_client
+from sidecar.sources.aws import Caller, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +25,13 @@ BATCH_SIZE = 20  # BatchGetSecretValue takes at most 20 names per call
 
 
 class SecretsManagerSource:
+    service = "secretsmanager"
     list_permission = "secretsmanager:ListSecrets"
 
     def __init__(self, client: AioBaseClient, caller: Caller) -> None:
         self._client = client
         self._call = caller
         self._batch_denied = False
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, settings: Settings, metrics: Metrics) -> AsyncIterator[SecretsManagerSource]:
-        async with open_client("secretsmanager", settings.store, settings.max_upstream) as client:
-            yield cls(client, Caller(metrics, settings.max_upstream))
 
     async def get(self, name: str) -> str | None:
         response = await self._call(

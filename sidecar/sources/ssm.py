@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from aiobotocore.client import AioBaseClient
 
-from sidecar.config import Settings
-from sidecar.metrics import Metrics
-from sidecar.sources.aws import Caller, open_client
+from sidecar.sources.aws import Caller
 
 # The provider returns None for ParameterNotFound; a `name:version` that does not exist makes it
 # raise ParameterVersionNotFound, which Airflow logs and treats as not found: here, simply a 404.
@@ -19,17 +15,12 @@ BATCH_SIZE = 10  # GetParameters takes at most 10 names per call
 
 
 class ParameterStoreSource:
+    service = "ssm"
     list_permission = "ssm:GetParametersByPath"
 
     def __init__(self, client: AioBaseClient, caller: Caller) -> None:
         self._client = client
         self._call = caller
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, settings: Settings, metrics: Metrics) -> AsyncIterator[ParameterStoreSource]:
-        async with open_client("ssm", settings.store, settings.max_upstream) as client:
-            yield cls(client, Caller(metrics, settings.max_upstream))
 
     async def get(self, name: str) -> str | None:
         response = await self._call(
