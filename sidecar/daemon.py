@@ -12,7 +12,8 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -130,8 +131,8 @@ class Daemon:
         await self.warm_up()
         await self.list_forever()
 
-    def _spawn(self, coroutine: object) -> None:
-        self._tasks.append(asyncio.ensure_future(coroutine))  # type: ignore[arg-type]
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.ensure_future(coroutine))
 
     def _open_connections(self) -> int:
         server = self._runner.server if self._runner is not None else None
