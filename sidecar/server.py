@@ -28,6 +28,7 @@ TOKEN_HEADER = "X-Sidecar-Token"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SINGULAR = {"variables": "variable", "connections": "connection", "config": "config option"}
 TOKEN_RECHECK_SECONDS = 1.0
+TOKEN_MISMATCH_RECHECK_SECONDS = 0.1
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -37,47 +38,75 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
 
 
 class Token:
-    """The expected token, re-read when its file changes so rotation needs no restart."""
+    """The expected token, re-read when its file changes so rotation needs no restart.
+
+    The file is checked once a second, and at once (at most every 0.1 s) when a request offers
+    another token: an Airflow process that read the rotated file first is not refused meanwhile.
+    """
 
     def __init__(self, settings: Settings, timer: Callable[[], float] = time.monotonic) -> None:
-        self._value = (settings.token or "").encode()
         self._file = settings.token_file
         self._timer = timer
         self._checked_at = timer()
-        self._stamp = self._file_stamp()
+        self._mismatch_checked_at = float("-inf")
+        self._stamp: tuple[int, int, int] | None = None
+        self._value = (settings.token or "").encode()
+        if self._file:
+            self._value, self._stamp = _read_with_stamp(self._file)
 
     @property
     def required(self) -> bool:
         return bool(self._value)
 
     def matches(self, offered: str | None) -> bool:
-        self._reload_if_changed()
+        if offered is None:
+            return False
+        now = self._timer()
+        if self._file and now - self._checked_at >= TOKEN_RECHECK_SECONDS:
+            self._reload(now, only_if_changed=True)
         # compare_digest: the time taken does not tell how much of a guess was right.
-        return offered is not None and hmac.compare_digest(offered.encode(), self._value)
+        if hmac.compare_digest(offered.encode(), self._value):
+            return True
+        if not self._file or now - self._mismatch_checked_at < TOKEN_MISMATCH_RECHECK_SECONDS:
+            return False
+        self._mismatch_checked_at = now
+        self._reload(now, only_if_changed=False)  # the same stamp may hide a rewrite within one tick
+        return hmac.compare_digest(offered.encode(), self._value)
 
-    def _file_stamp(self) -> tuple[int, int, int] | None:
-        if not self._file:
-            return None
+    def _reload(self, now: float, only_if_changed: bool) -> None:
+        assert self._file
+        self._checked_at = now
+        if only_if_changed:
+            try:
+                stat = os.stat(self._file)
+            except OSError:
+                return  # mid-swap, or gone: keep the token in force
+            if _stamp(stat) == self._stamp:
+                return
         try:
-            stat = os.stat(self._file)
-        except OSError:
-            return None
-        return stat.st_mtime_ns, stat.st_size, stat.st_ino
-
-    def _reload_if_changed(self) -> None:
-        if not self._file or self._timer() - self._checked_at < TOKEN_RECHECK_SECONDS:
-            return
-        self._checked_at = self._timer()
-        stamp = self._file_stamp()
-        if stamp is None or stamp == self._stamp:
-            return
-        try:
-            self._value = read_token_file(self._file).encode()
+            value, stamp = _read_with_stamp(self._file)
         except ConfigError as exc:
             log.error("keeping the previous token: %s", exc)
             return
         self._stamp = stamp
-        log.info("token file changed: the new token is in force")
+        if value != self._value:
+            self._value = value
+            log.info("token file changed: the new token is in force")
+
+
+def _stamp(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+
+def _read_with_stamp(path: str) -> tuple[bytes, tuple[int, int, int] | None]:
+    """The token in `path` and the stamp of the very file it was read from."""
+    try:
+        stamp = _stamp(os.stat(path))
+    except OSError:
+        stamp = None
+    token = read_token_file(path).encode()
+    # Taken before the read: a rotation after it changes the stamp and is seen at the next check.
+    return token, stamp
 
 
 class Readiness:
