@@ -1,12 +1,17 @@
 """A cache of opaque keys to `str | None` answers, in front of one fetch coroutine.
 
 - found values live `ttl` seconds, misses (None) `negative_ttl` seconds;
-- at most `max_entries`, least recently used evicted first (cachetools' TLRUCache);
+- at most `max_entries` keys, least recently used evicted first (cachetools' TLRUCache);
 - concurrent requests for one key share one fetch (single-flight);
-- an entry read during its life is refreshed in the background at about 80% of it;
+- an entry read during its life is refreshed in the background at about 80% of it, from a
+  heap ordered by due time, so a pass costs nothing for the entries that are not due;
 - when a fetch fails transiently the last answer is served for up to `max_stale` seconds
-  past its expiry; a permanent failure drops it, so revocation and deletion take effect;
-- a key whose fetch failed answers at once, with the failure, during a capped back-off.
+  past its expiry, and a request does not wait more than `stale_after` for a slow AWS when
+  such an answer exists; a permanent failure drops it, so revocation and deletion take effect;
+- a key whose fetch failed, in the foreground or the background, answers at once during a
+  capped back-off instead of calling AWS again;
+- every fetch takes a ticket when it starts, and a result older than the key's latest
+  decision is dropped: a late refresh never undoes a revocation or a newer value.
 
 Time comes from `timer`, so tests move the clock instead of sleeping.
 """
@@ -15,16 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import heapq
+import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from cachetools import LRUCache, TLRUCache
+from cachetools import TLRUCache
 
 from sidecar.metrics import Metrics
-from sidecar.sources.aws import UpstreamError
+from sidecar.sources import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,11 @@ BACKOFF_FIRST = 1.0  # seconds
 BACKOFF_MAX = 60.0
 # `refresh=true` re-fetches a key at most this often: callers cannot run up the AWS bill.
 REFRESH_MIN_INTERVAL = 5.0
+# Longest a request waits on AWS when a stale answer could be served instead.
+STALE_AFTER = 1.0
+
+Answer = str | None
+Fetched = Mapping[str, Answer | UpstreamError]
 
 
 class Status(str, enum.Enum):
@@ -44,33 +56,38 @@ class Status(str, enum.Enum):
     STALE = "stale"
 
 
-@dataclass
-class Entry:
-    value: str | None
-    fetched_at: float
-    fresh_until: float
-    refresh_at: float
+@dataclass(eq=False)
+class Record:
+    """Everything the cache knows of one key."""
+
+    generation: int  # the ticket of the fetch whose outcome this record shows
+    known: bool = False  # holds an answer (`value`, None for a miss) that may be served
+    value: Answer = None
+    fetched_at: float = 0.0
+    fresh_until: float = 0.0
+    refresh_at: float = 0.0
     read: bool = False  # read since it was fetched: worth refreshing ahead of expiry
+    failure: UpstreamError | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+    fetch: asyncio.Future[Answer] | None = None  # the foreground fetch under way
 
-
-@dataclass
-class Failure:
-    error: UpstreamError
-    count: int
-    retry_at: float
+    def due_at(self) -> float:
+        return max(self.refresh_at, self.retry_at)
 
 
 class Cache:
     def __init__(
         self,
-        fetch: Callable[[str], Awaitable[str | None]],
+        fetch: Callable[[str], Awaitable[Answer]],
         *,
-        fetch_many: Callable[[list[str]], Awaitable[dict[str, str | None]]] | None = None,
+        fetch_many: Callable[[list[str]], Awaitable[Fetched]] | None = None,
         ttl: float,
         negative_ttl: float,
         max_stale: float,
         max_entries: int,
         metrics: Metrics,
+        stale_after: float = STALE_AFTER,
         timer: Callable[[], float] = time.monotonic,
         jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
@@ -79,73 +96,84 @@ class Cache:
         self._ttl = ttl
         self._negative_ttl = negative_ttl
         self._max_stale = max_stale
+        self._stale_after = stale_after
         self._metrics = metrics
         self._timer = timer
         self._jitter = jitter
-        # An entry stays usable (as stale) until max_stale past its freshness, then goes.
-        self._entries: TLRUCache[str, Entry] = TLRUCache(
-            maxsize=max_entries, ttu=lambda _key, entry, _now: entry.fresh_until + max_stale, timer=timer
+        self._records: TLRUCache[str, Record] = TLRUCache(
+            maxsize=max_entries, ttu=lambda _key, record, _now: _expiry(record, max_stale), timer=timer
         )
-        self._failures: LRUCache[str, Failure] = LRUCache(maxsize=max_entries)
-        self._inflight: dict[str, asyncio.Future[str | None]] = {}
+        self._tickets = itertools.count(1)
+        self._due: list[tuple[float, int, str]] = []  # (due time, generation, key): refresh-ahead
         self._outage: UpstreamError | None = None
-        metrics.entries.set_function(lambda: len(self._entries))
+        metrics.entries.set_function(lambda: len(self._records))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._records)
 
-    async def get(self, key: str, *, refresh: bool = False) -> tuple[str | None, Status]:
+    def ticket(self) -> int:
+        """Take before fetching elsewhere (warm-up, listing); pass to `put_many` with the results."""
+        return next(self._tickets)
+
+    async def get(self, key: str, *, refresh: bool = False) -> tuple[Answer, Status]:
         """The answer for `key` and where it came from; raises UpstreamError if there is none."""
         now = self._timer()
-        entry = self._entries.get(key)
-        if refresh and entry is not None and now - entry.fetched_at < REFRESH_MIN_INTERVAL:
-            refresh = False  # fetched moments ago: that answer is as good as a new one
-        if entry is not None and not refresh and now < entry.fresh_until:
-            entry.read = True
-            self._metrics.lookups.labels("hit" if entry.value is not None else "negative_hit").inc()
-            return entry.value, Status.HIT
-        failure = self._failures.get(key)
-        if failure is not None and now < failure.retry_at:
-            return self._stale_or_raise(key, failure.error)
+        record = self._records.get(key)
+        if record is not None:
+            if refresh and record.known and now - record.fetched_at < REFRESH_MIN_INTERVAL:
+                refresh = False  # fetched moments ago: that answer is as good as a new one
+            if record.known and not refresh and now < record.fresh_until:
+                if not record.read:
+                    self._mark_read(key, record, now)
+                self._metrics.lookups.labels("hit" if record.value is not None else "negative_hit").inc()
+                return record.value, Status.HIT
+            if record.failure is not None and now < record.retry_at:
+                return self._stale_or_raise(key, record.failure)
+        fetch = self._fetch_once(key, record)
         try:
-            value = await self._fetch_once(key)
+            if record is not None and self._servable(record, now):
+                # Something to fall back on: a slow or black-holed AWS delays nobody for long.
+                done, _ = await asyncio.wait({fetch}, timeout=self._stale_after)
+                stale = None if done else self._stale(key)
+                if stale is not None:
+                    return stale
+            value = await asyncio.shield(fetch)
         except UpstreamError as error:
             return self._stale_or_raise(key, error)
         self._metrics.lookups.labels("miss").inc()
         return value, Status.MISS
 
-    def put(self, key: str, value: str | None) -> None:
-        """Store an answer fetched elsewhere (a bulk warm-up or refresh)."""
-        if key not in self._inflight:
-            self._fetched(key, value)
+    def put_many(self, results: Fetched, ticket: int) -> None:
+        """Store results fetched elsewhere (warm-up, listing) by a fetch that took `ticket`."""
+        for key, result in results.items():
+            self._settle(key, ticket, result)
 
     async def refresh_due(self) -> int:
-        """Refresh the entries that were read and reached their refresh point; return how many."""
+        """Refresh the entries that were read and reached their refresh point; return how many were
+        asked for (whether AWS answered or not)."""
         now = self._timer()
-        read = [(key, entry) for key, entry in list(self._entries.items()) if entry.read]
-        if not any(entry.refresh_at <= now for _, entry in read):
+        due = self._due
+        if not due or due[0][0] > now:
             return 0
         horizon = now + self._ttl * COALESCE
-        due = [key for key, entry in read if entry.refresh_at <= horizon and key not in self._inflight]
-        found: dict[str, str | None] = {}
-        if self._fetch_many is not None and due:
-            try:
-                found = await self._fetch_many(due)
-            except UpstreamError as error:
-                # AWS is failing: the entries live on to their expiry, then serve stale.
-                self._metrics.refresh_failures.inc()
-                log.debug("batch refresh of %d entries failed: %s", len(due), error)
-                return 0
-            for key, value in found.items():
-                self.put(key, value)
-        rest = [key for key in due if key not in found]
-        results = await asyncio.gather(*(self._fetch_once(key) for key in rest), return_exceptions=True)
-        for result in results:
-            if isinstance(result, UpstreamError):
-                self._metrics.refresh_failures.inc()
-            elif isinstance(result, BaseException):
-                raise result
-        return len(due)
+        batch: dict[str, Record] = {}
+        later: list[tuple[float, int, str]] = []
+        while due and due[0][0] <= horizon:
+            item = heapq.heappop(due)
+            when, generation, key = item
+            record = self._records.get(key)
+            if record is None or record.generation != generation or record.fetch is not None or key in batch:
+                continue  # gone, superseded, or being fetched: a newer item stands for it
+            if record.retry_at > now or (not record.read and when > now):
+                later.append(item)  # backing off, or not due yet and may still be read
+            elif record.read:
+                batch[key] = record
+            # due but never read: it expires; a read before then queues it again
+        for item in later:
+            heapq.heappush(due, item)
+        if batch:
+            await self._refresh(batch)
+        return len(batch)
 
     async def run_refresher(self, every: float) -> None:
         """Refresh ahead forever; `every` is how often due entries are looked for."""
@@ -156,48 +184,110 @@ class Cache:
             except Exception:
                 log.exception("refresh-ahead pass failed; retrying in %.1fs", every)
 
+    async def aclose(self) -> None:
+        """Cancel the fetches under way: nothing may use the AWS client after this."""
+        fetches = [record.fetch for record in list(self._records.values()) if record.fetch is not None]
+        for fetch in fetches:
+            fetch.cancel()
+        await asyncio.gather(*fetches, return_exceptions=True)
+
     # --- internals ---
 
-    def _fetch_once(self, key: str) -> Awaitable[str | None]:
-        """Join the fetch of `key` under way, or start one. Cancelling a waiter spares the fetch."""
-        future = self._inflight.get(key)
-        if future is None:
-            future = asyncio.ensure_future(self._fetch_and_store(key))
-            self._inflight[key] = future
-            future.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return asyncio.shield(future)
-
-    async def _fetch_and_store(self, key: str) -> str | None:
+    async def _refresh(self, batch: dict[str, Record]) -> None:
+        if self._fetch_many is None:
+            fetches = [self._fetch_once(key, record) for key, record in batch.items()]
+            results = await asyncio.gather(*fetches, return_exceptions=True)
+            for result in results:
+                if isinstance(result, UpstreamError):
+                    self._metrics.refresh_failures.inc()
+                elif isinstance(result, BaseException):
+                    raise result
+            return
+        ticket = self.ticket()
         try:
-            value = await self._fetch(key)
+            found: Fetched = await self._fetch_many(list(batch))
         except UpstreamError as error:
-            self._note_failure(key, error)
-            raise
-        self._fetched(key, value)
-        return value
+            # AWS is failing: each entry backs off, lives on to its expiry, then serves stale.
+            log.debug("batch refresh of %d entries failed: %s", len(batch), error.code)
+            found = dict.fromkeys(batch, error)
+        for key, record in batch.items():
+            result = found.get(key)
+            if self._records.get(key) is not record:
+                continue  # evicted meanwhile: nobody holds it any more
+            if isinstance(result, UpstreamError):
+                self._metrics.refresh_failures.inc()
+            if key in found:
+                self._settle(key, ticket, result)
 
-    def _fetched(self, key: str, value: str | None) -> None:
-        self._failures.pop(key, None)
+    def _mark_read(self, key: str, record: Record, now: float) -> None:
+        record.read = True
+        if now >= record.due_at():  # its queued refresh may have passed it by while unread
+            heapq.heappush(self._due, (now, record.generation, key))
+
+    def _fetch_once(self, key: str, record: Record | None) -> asyncio.Future[Answer]:
+        """Join the fetch of `key` under way, or start one."""
+        if record is not None and record.fetch is not None:
+            return record.fetch
+        if record is None:
+            record = Record(generation=0)
+        fetch = asyncio.ensure_future(self._fetch_and_settle(key, self.ticket()))
+        record.fetch = fetch
+        fetch.add_done_callback(lambda done: _fetch_done(record, done))
+        self._records[key] = record  # kept while the fetch is under way
+        return fetch
+
+    async def _fetch_and_settle(self, key: str, ticket: int) -> Answer:
+        try:
+            result: Answer | UpstreamError = await self._fetch(key)
+        except UpstreamError as error:
+            result = error
+        self._settle(key, ticket, result, fetch=asyncio.current_task())
+        if isinstance(result, UpstreamError):
+            raise result
+        return result
+
+    def _settle(
+        self, key: str, ticket: int, result: Answer | UpstreamError, fetch: asyncio.Future[Answer] | None = None
+    ) -> None:
+        """Apply the outcome of the fetch that took `ticket`, unless a later one was applied."""
+        record = self._records.get(key)
+        if record is None:
+            record = Record(generation=ticket)
+        elif ticket < record.generation:
+            return  # older than what the record shows: a late answer must not undo it
+        if fetch is not None and record.fetch is fetch:
+            record.fetch = None  # done: the record's expiry follows its deadlines again
+        record.generation = ticket
+        now = self._timer()
+        if isinstance(result, UpstreamError):
+            self._note_failure(key, record, result, now)
+        else:
+            self._answered(record, result, now)
+        self._records[key] = record  # re-timed
+        if record.known:
+            heapq.heappush(self._due, (record.due_at(), ticket, key))
+
+    def _answered(self, record: Record, value: Answer, now: float) -> None:
         if self._outage is not None:
             log.warning("AWS answers again after %s; fresh answers resume", self._outage.code)
             self._outage = None
-        now = self._timer()
+        record.failure, record.failures, record.retry_at = None, 0, 0.0
         life = self._ttl if value is not None else self._negative_ttl
-        if life <= 0:
-            self._entries.pop(key, None)
-            return
-        refresh_at = now + life * self._jitter(*REFRESH_AT)
-        self._entries[key] = Entry(value, fetched_at=now, fresh_until=now + life, refresh_at=refresh_at)
+        record.known = life > 0
+        record.value = value if record.known else None
+        record.fetched_at = now
+        record.fresh_until = now + life
+        record.refresh_at = now + life * self._jitter(*REFRESH_AT)
+        record.read = False
 
-    def _note_failure(self, key: str, error: UpstreamError) -> None:
-        previous = self._failures.get(key)
-        count = previous.count + 1 if previous else 1
-        delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (count - 1))
-        self._failures[key] = Failure(error, count, self._timer() + delay)
+    def _note_failure(self, key: str, record: Record, error: UpstreamError, now: float) -> None:
+        record.failures += 1
+        record.failure = error
+        record.retry_at = now + min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (record.failures - 1))
         if not error.transient:
             # AccessDenied and the like: never serve what we may no longer be allowed to read.
-            self._entries.pop(key, None)
-            if count == 1:  # once per refused key, not once per request during its back-off
+            record.known, record.value, record.fresh_until = False, None, 0.0
+            if record.failures == 1:  # once per refused key, not once per request during its back-off
                 log.warning("fetch of %s refused: %s (%s). AWS said: %s", key, error, error.hint, error.detail)
         elif self._outage is None:  # once per outage, however many keys it hits
             self._outage = error
@@ -208,9 +298,33 @@ class Cache:
                 self._max_stale,
             )
 
-    def _stale_or_raise(self, key: str, error: UpstreamError) -> tuple[str | None, Status]:
-        entry = self._entries.get(key) if error.transient else None
-        if entry is None:
+    def _servable(self, record: Record, now: float) -> bool:
+        return record.known and now < record.fresh_until + self._max_stale
+
+    def _stale_or_raise(self, key: str, error: UpstreamError) -> tuple[Answer, Status]:
+        stale = self._stale(key) if error.transient else None
+        if stale is None:
             raise error
+        return stale
+
+    def _stale(self, key: str) -> tuple[Answer, Status] | None:
+        """The last answer, while it may still be served."""
+        record = self._records.get(key)
+        if record is None or not self._servable(record, self._timer()):
+            return None
         self._metrics.lookups.labels("stale").inc()
-        return entry.value, Status.STALE
+        return record.value, Status.STALE
+
+
+def _expiry(record: Record, max_stale: float) -> float:
+    """Kept while its answer may be served stale, its back-off matters, or a fetch is under way."""
+    if record.fetch is not None:
+        return float("inf")
+    return max(record.fresh_until + max_stale, record.retry_at + BACKOFF_MAX)
+
+
+def _fetch_done(record: Record, fetch: asyncio.Future[Answer]) -> None:
+    if record.fetch is fetch:
+        record.fetch = None
+    if not fetch.cancelled():
+        fetch.exception()  # retrieved: a failure nobody waited for is not an "unhandled" error

@@ -2,8 +2,10 @@
 
 While a listing is fresh it is authoritative: a name under a listed prefix that the listing
 lacks does not exist, and is answered as a miss with no AWS call. A secret created later is
-seen at the next listing. If listing is denied or failing, nothing is authoritative and every
-lookup goes to the cache and AWS as usual.
+seen at the next listing. While listing fails transiently (AWS throttling or down), the last
+good listing stays authoritative for up to `max_stale`, its misses answered as stale. If
+listing is denied, nothing is authoritative once the last listing is old, and every lookup goes
+to the cache and AWS as usual.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from sidecar.cache import Status
 from sidecar.metrics import Metrics
 from sidecar.sources import Source, UpstreamError
 
@@ -25,6 +28,7 @@ class Catalog:
         prefixes: list[str],
         *,
         interval: float,
+        max_stale: float,
         metrics: Metrics,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -32,21 +36,31 @@ class Catalog:
         self._prefixes = prefixes  # each ends with the separator
         # One missed listing is tolerated before the catalog stops being authoritative.
         self._max_age = 2 * interval
+        self._max_stale = max_stale
         self._metrics = metrics
         self._timer = timer
         self._names: frozenset[str] = frozenset()
         self._listed_at: float | None = None
         self._denied = False
+        self._failing = False  # the last listing failed transiently
 
-    def absent(self, name: str) -> bool:
-        """True only when a fresh listing covers `name` and lacks it."""
-        if self._listed_at is None or self._timer() - self._listed_at > self._max_age:
-            return False
+    def absent(self, name: str) -> Status | None:
+        """HIT when a fresh listing covers `name` and lacks it, STALE when only an old one does
+        while AWS fails; None when no listing can tell."""
+        if self._listed_at is None:
+            return None
+        age = self._timer() - self._listed_at
+        if age <= self._max_age:
+            status = Status.HIT
+        elif self._failing and age <= self._max_age + self._max_stale:
+            status = Status.STALE
+        else:
+            return None
         name = name.partition(":")[0]  # a Parameter Store `name:version` exists if `name` does
         if name in self._names or not any(name.startswith(prefix) for prefix in self._prefixes):
-            return False
-        self._metrics.lookups.labels("listed_absent").inc()
-        return True
+            return None
+        self._metrics.lookups.labels("listed_absent" if status is Status.HIT else "stale").inc()
+        return status
 
     async def refresh(self) -> dict[str, str | None]:
         """List every prefix: names, with values where the listing carries them.
@@ -58,6 +72,7 @@ class Catalog:
             for prefix in self._prefixes:
                 names.update(await self._source.list_names(prefix))
         except UpstreamError as error:
+            self._failing = error.transient
             if not error.transient and not self._denied:
                 self._denied = True
                 log.warning(
@@ -73,6 +88,7 @@ class Catalog:
             self._denied = False
         self._names = frozenset(names)
         self._listed_at = self._timer()
+        self._failing = False
         self._metrics.last_listing.set_to_current_time()
         log.info("listed %d secrets under %d prefixes", len(names), len(self._prefixes))
         return names

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.cache import Cache
+from sidecar.cache import STALE_AFTER, Cache
 from sidecar.catalog import Catalog
 from sidecar.config import ConfigError, Settings
 from sidecar.metrics import Metrics
@@ -28,6 +28,7 @@ from sidecar.sources import UpstreamError, open_source
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish after SIGTERM
+KEEPALIVE_TIMEOUT = 60.0  # seconds an idle client connection is kept open
 WARMUP_RETRY_MAX = 30.0
 
 
@@ -65,6 +66,9 @@ class Daemon:
             max_stale=settings.max_stale,
             max_entries=settings.max_entries,
             metrics=self.metrics,
+            # A request never waits on a slow AWS for more than half its time when it could be
+            # answered from a stale entry.
+            stale_after=min(STALE_AFTER, settings.request_timeout / 2),
             timer=self._timer,
             jitter=self._jitter,
         )
@@ -72,6 +76,7 @@ class Daemon:
             self.source,
             listed_prefixes(settings.store),
             interval=settings.list_interval,
+            max_stale=settings.max_stale,
             metrics=self.metrics,
             timer=self._timer,
         )
@@ -79,7 +84,15 @@ class Daemon:
         app = build_app(
             settings, self.resolver, self.metrics, self.readiness, Token(settings, self._timer), self._open_connections
         )
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=SHUTDOWN_GRACE,
+            # Idle keep-alive connections count against SIDECAR_MAX_CONNECTIONS: close them after a
+            # minute (aiohttp's default is an hour). The backend reconnects on its own.
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
         await self._runner.setup()
         await self._listen(self._runner)
         if not settings.warmup:
@@ -93,6 +106,7 @@ class Daemon:
         """List the prefixes and load every value found; retry until AWS answers or refuses."""
         delay = 1.0
         while True:
+            ticket = self.cache.ticket()
             try:
                 listing = await self.catalog.refresh()
                 break
@@ -104,11 +118,11 @@ class Daemon:
                 log.warning("warm-up: %s; retrying in %.0fs", self.readiness.reason, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, WARMUP_RETRY_MAX)
-        unfetched = self._keep_listed_values(listing)
+        unfetched = self._keep_listed_values(listing, ticket)
         if unfetched:
+            ticket = self.cache.ticket()
             try:
-                for name, value in (await self.source.get_many(unfetched)).items():
-                    self.cache.put(name, value)
+                self.cache.put_many(await self.source.get_many(unfetched), ticket)
             except UpstreamError as error:
                 log.warning("warm-up could not load values (%s): they are fetched on first use", error.code)
         self.readiness.ready = True
@@ -117,14 +131,13 @@ class Daemon:
     async def list_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.list_interval)
+            ticket = self.cache.ticket()
             with contextlib.suppress(UpstreamError):
-                self._keep_listed_values(await self.catalog.refresh())
+                self._keep_listed_values(await self.catalog.refresh(), ticket)
 
-    def _keep_listed_values(self, listing: dict[str, str | None]) -> list[str]:
+    def _keep_listed_values(self, listing: dict[str, str | None], ticket: int) -> list[str]:
         """Cache the values a listing carried (Parameter Store's do); return the names without one."""
-        for name, value in listing.items():
-            if value is not None:
-                self.cache.put(name, value)
+        self.cache.put_many({name: value for name, value in listing.items() if value is not None}, ticket)
         return sorted(name for name, value in listing.items() if value is None)
 
     async def _warm_up_then_list(self) -> None:
@@ -160,12 +173,14 @@ class Daemon:
             self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish, then close the AWS client."""
+        """Stop accepting, let in-flight requests finish, stop every task, then close the AWS client."""
         if self._runner is not None:
             await self._runner.cleanup()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if hasattr(self, "cache"):
+            await self.cache.aclose()  # fetches no request waits for any more
         await self._stack.aclose()
         path = self.settings.unix_socket
         # Only our own socket: never a file we refused to replace, nor another daemon's socket.

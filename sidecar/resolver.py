@@ -84,8 +84,10 @@ class Resolver:
         """The value Airflow should get for `key` (None: not found) and the cache's status."""
         status = Status.HIT
         for name in self.names(kind, key, team):
-            if not refresh and self._catalog is not None and self._catalog.absent(name):
-                continue  # the fresh listing says it does not exist: no AWS call
+            absent = self._catalog.absent(name) if self._catalog is not None and not refresh else None
+            if absent is not None:
+                status = max(status, absent, key=_SEVERITY.__getitem__)
+                continue  # the listing says it does not exist: no AWS call
             value, got = await self._cache.get(name, refresh=refresh)
             status = max(status, got, key=_SEVERITY.__getitem__)
             if value is not None:

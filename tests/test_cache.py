@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from sidecar.cache import BACKOFF_FIRST, REFRESH_MIN_INTERVAL, Cache, Status
+from sidecar.cache import BACKOFF_FIRST, BACKOFF_MAX, REFRESH_MIN_INTERVAL, Cache, Status
 from sidecar.metrics import Metrics
 from sidecar.sources import UpstreamError
 from tests.support import FakeClock
@@ -265,7 +265,78 @@ async def test_failed_batch_refresh_keeps_entries_until_they_expire():
     store.error = THROTTLED
     clock.advance(240)
 
-    assert await cache.refresh_due() == 0
+    assert await cache.refresh_due() == 1
     assert await cache.get("k") == ("v", Status.HIT)
     clock.advance(60)
     assert await cache.get("k") == ("v", Status.STALE)
+
+
+async def test_a_slow_fetch_answers_the_stale_value_after_stale_after_and_goes_on():
+    store, clock = Store(k="v"), FakeClock()
+    cache = make_cache(store, clock, stale_after=0.05)
+    await cache.get("k")
+    clock.advance(301)
+    store.values["k"] = "w"
+    store.gate = asyncio.Event()  # AWS does not answer
+
+    assert await cache.get("k") == ("v", Status.STALE)
+    assert await cache.get("k") == ("v", Status.STALE)
+    assert store.calls == ["k", "k"]  # one fetch under way, shared
+    store.gate.set()
+    await asyncio.sleep(0)  # the fetch completes
+    await asyncio.sleep(0)
+    assert await cache.get("k") == ("w", Status.HIT)
+
+
+async def test_background_refresh_backs_off_per_key_while_aws_fails():
+    store, clock = Store(k="v"), FakeClock()
+    cache = make_cache(store, clock, batch=True)
+    await cache.get("k")
+    await cache.get("k")
+    store.error = THROTTLED
+    clock.advance(240)
+
+    for _ in range(31):
+        await cache.refresh_due()
+        clock.advance(1)
+    assert len(store.batches) <= 6  # back-off 1, 2, 4, 8, 16 s; not one batch a second
+    assert await cache.get("k") == ("v", Status.HIT)
+
+    store.error = None
+    clock.advance(BACKOFF_MAX)
+    assert await cache.refresh_due() == 1  # refreshed again once AWS answers
+    assert await cache.get("k") == ("v", Status.HIT)
+
+
+async def test_a_result_older_than_the_latest_decision_is_dropped():
+    store, clock = Store(k="v"), FakeClock()
+    cache = make_cache(store, clock)
+    ticket = cache.ticket()  # a warm-up or listing starts...
+    store.values["k"] = "newer"
+    assert await cache.get("k") == ("newer", Status.MISS)  # ...a lookup starts and ends after it...
+    cache.put_many({"k": "older"}, ticket)  # ...and the older answer lands last
+    assert await cache.get("k") == ("newer", Status.HIT)
+
+    store.error = DENIED
+    clock.advance(REFRESH_MIN_INTERVAL)
+    ticket = cache.ticket()
+    with pytest.raises(UpstreamError):
+        await cache.get("k", refresh=True)
+    cache.put_many({"k": "newer"}, ticket)  # started before the refusal: it must not undo it
+    with pytest.raises(UpstreamError):
+        await cache.get("k")
+
+
+async def test_a_refresh_pass_skips_entries_that_are_not_due_without_looking_at_them():
+    store, clock = Store(**{f"k{i}": "v" for i in range(1000)}), FakeClock()
+    cache = make_cache(store, clock, batch=True, max_entries=2000)
+    for i in range(1000):
+        await cache.get(f"k{i}")
+        await cache.get(f"k{i}")
+        if i % 10 == 9:
+            clock.advance(1)  # ten a second: refresh points spread over 100 s
+
+    clock.advance(240 - 100)
+    assert await cache.refresh_due() == 310  # the ten due now, and those due within 10% of the TTL (30 s)
+    assert await cache.refresh_due() == 0
+    assert len(store.batches) == 1

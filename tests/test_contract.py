@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -128,22 +129,24 @@ async def test_health_ready_and_metrics_need_no_token_and_name_no_key(aws, start
         assert leak not in text
 
 
-def _hanging_endpoint() -> tuple[str, socket.socket]:
-    """An 'AWS' that accepts connections and never answers."""
+def _hanging_endpoint() -> tuple[str, socket.socket, list[socket.socket]]:
+    """An 'AWS' that accepts connections and never answers; the list holds what it accepted."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
     held: list[socket.socket] = []
     threading.Thread(target=lambda: held.extend(iter(lambda: listener.accept()[0], None)), daemon=True).start()
-    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", listener, held
 
 
 async def test_over_the_request_limit_is_429_and_a_slow_aws_is_503(aws, start_sidecar):
-    endpoint, listener = _hanging_endpoint()
+    endpoint, listener, held = _hanging_endpoint()
     try:
         sidecar = await start_sidecar(backend_kwargs={"endpoint_url": endpoint}, max_requests=1, request_timeout=0.5)
         task = asyncio.ensure_future(sidecar.get("variables", "slow"))
-        while not sidecar.daemon.cache._inflight:  # the first request is waiting on "AWS"
+        deadline = time.monotonic() + 10
+        while not held:  # the first request is waiting on "AWS"
+            assert time.monotonic() < deadline, "the daemon never called AWS"
             await asyncio.sleep(0.01)
         status, body, _ = await sidecar.get("variables", "other")
         assert (status, body["error"]) == (429, "busy")

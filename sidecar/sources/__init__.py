@@ -27,7 +27,12 @@ class Source(Protocol):
         """Every name under `prefix`, with its value where the listing carries it (else None)."""
         ...
 
-    async def get_many(self, names: list[str]) -> dict[str, str | None]: ...
+    async def get_many(self, names: list[str]) -> dict[str, str | UpstreamError | None]:
+        """The outcome for each name: its value, None (no such secret), or its own failure.
+
+        Raises UpstreamError when the whole call fails.
+        """
+        ...
 
 
 @asynccontextmanager

@@ -23,7 +23,9 @@ from sidecar.metrics import Metrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Codes that may pass: AWS throttles, fails inside, or our credentials are being renewed.
+# Codes that may pass: AWS throttles or fails inside, or the sidecar's own credentials are not
+# usable right now (being renewed, clock skew, keys replaced). These serve stale answers; only a
+# refusal (AccessDenied), a deletion or a decryption failure takes a cached answer away.
 TRANSIENT_CODES = frozenset(
     {
         "ThrottlingException",
@@ -40,6 +42,21 @@ TRANSIENT_CODES = frozenset(
         "RequestTimeoutException",
         "ExpiredTokenException",
         "ExpiredToken",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "InvalidClientTokenId",
+    }
+)
+
+
+CREDENTIAL_CODES = frozenset(
+    {
+        "NoCredentials",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "InvalidClientTokenId",
     }
 )
 
@@ -59,8 +76,11 @@ class UpstreamError(Exception):
     def hint(self) -> str:
         if self.code in ("AccessDeniedException", "AccessDenied"):
             return "the sidecar's IAM role lacks a permission; see the README's IAM policy"
-        if self.code in ("NoCredentials", "UnrecognizedClientException", "InvalidSignatureException"):
-            return "the sidecar has no valid AWS credentials; check its role, profile or environment"
+        if self.code in CREDENTIAL_CODES:
+            return (
+                "the sidecar has no valid AWS credentials (or its clock is off); check its role, profile "
+                "or environment"
+            )
         if self.transient:
             return "AWS is throttling or unreachable; the sidecar retries with back-off"
         return "see the sidecar's log"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiobotocore.client import AioBaseClient
 
-from sidecar.sources.aws import Caller, UpstreamError
+from sidecar.sources.aws import TRANSIENT_CODES, Caller, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +24,18 @@ NOT_FOUND_CODES = frozenset(
     }
 )
 BATCH_SIZE = 20  # BatchGetSecretValue takes at most 20 names per call
+BATCH_RETRY_AFTER = 3600.0  # seconds before a refused BatchGetSecretValue is tried again
 
 
 class SecretsManagerSource:
     service = "secretsmanager"
     list_permission = "secretsmanager:ListSecrets"
 
-    def __init__(self, client: AioBaseClient, caller: Caller) -> None:
+    def __init__(self, client: AioBaseClient, caller: Caller, timer: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self._call = caller
-        self._batch_denied = False
+        self._timer = timer
+        self._batch_refused_until: float | None = None  # BatchGetSecretValue denied: one by one until then
 
     async def get(self, name: str) -> str | None:
         response = await self._call(
@@ -52,40 +56,58 @@ class SecretsManagerSource:
                 return names
             request = {**request, "NextToken": page["NextToken"]}
 
-    async def get_many(self, names: list[str]) -> dict[str, str | None]:
-        """Values of `names`, 20 per call; a name AWS reports as missing maps to None.
+    async def get_many(self, names: list[str]) -> dict[str, str | UpstreamError | None]:
+        """The outcome for each of `names`, 20 per call: its value, None, or its own error.
 
-        Names left out of the answer (per-secret errors other than "not found") are for the
-        caller to fetch one by one. If IAM denies BatchGetSecretValue, every name is fetched
-        with GetSecretValue from then on.
+        Raises UpstreamError when a whole call fails transiently. If IAM denies
+        BatchGetSecretValue, names are fetched with GetSecretValue for an hour, then it is tried again.
         """
-        found: dict[str, str | None] = {}
+        found: dict[str, str | UpstreamError | None] = {}
         for start in range(0, len(names), BATCH_SIZE):
             batch = names[start : start + BATCH_SIZE]
-            if not self._batch_denied:
+            if self._batch_refused_until is None or self._timer() >= self._batch_refused_until:
                 try:
                     found.update(await self._batch_get(batch))
                     continue
                 except UpstreamError as error:
                     if error.transient:
                         raise
-                    self._batch_denied = True
-                    log.warning(
-                        "BatchGetSecretValue was refused (%s): fetching secrets one by one instead. Allow "
-                        "secretsmanager:BatchGetSecretValue on the sidecar's role to cut AWS calls.",
-                        error.code,
-                    )
-            values = await asyncio.gather(*(self.get(name) for name in batch))
-            found.update(zip(batch, values, strict=True))
+                    self._batch_refused(error)
+            found.update(await self._get_each(batch))
         return found
 
-    async def _batch_get(self, batch: list[str]) -> dict[str, str | None]:
+    async def _batch_get(self, batch: list[str]) -> dict[str, str | UpstreamError | None]:
         response = await self._call(
             "BatchGetSecretValue", lambda: self._client.batch_get_secret_value(SecretIdList=batch)
         )
         assert response is not None
-        found: dict[str, str | None] = {s["Name"]: s.get("SecretString") for s in response.get("SecretValues", [])}
+        if self._batch_refused_until is not None:
+            self._batch_refused_until = None
+            log.info("BatchGetSecretValue works again: secrets are fetched 20 per call")
+        found: dict[str, str | UpstreamError | None] = {
+            s["Name"]: s.get("SecretString") for s in response.get("SecretValues", [])
+        }
         for error in response.get("Errors", []):
-            if error.get("ErrorCode") in NOT_FOUND_CODES:
-                found[error["SecretId"]] = None
+            code = str(error.get("ErrorCode") or "Unknown")
+            detail = str(error.get("Message") or "")
+            failure = UpstreamError("BatchGetSecretValue", code, code in TRANSIENT_CODES, detail)
+            found[error["SecretId"]] = None if code in NOT_FOUND_CODES else failure
+        # AWS answers for every name it was asked; should one be missing, ask for it alone.
+        found.update(await self._get_each([name for name in batch if name not in found]))
         return found
+
+    async def _get_each(self, names: list[str]) -> dict[str, str | UpstreamError | None]:
+        results = await asyncio.gather(*(self.get(name) for name in names), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, UpstreamError):
+                raise result
+        return dict(zip(names, results, strict=True))  # type: ignore[arg-type]
+
+    def _batch_refused(self, error: UpstreamError) -> None:
+        if self._batch_refused_until is None:
+            log.warning(
+                "BatchGetSecretValue was refused (%s): fetching secrets one by one instead. Allow "
+                "secretsmanager:BatchGetSecretValue on the sidecar's role to cut AWS calls.",
+                error.code,
+            )
+        self._batch_refused_until = self._timer() + BATCH_RETRY_AFTER

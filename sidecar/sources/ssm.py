@@ -6,7 +6,7 @@ from typing import Any
 
 from aiobotocore.client import AioBaseClient
 
-from sidecar.sources.aws import Caller
+from sidecar.sources.aws import Caller, UpstreamError
 
 # The provider returns None for ParameterNotFound; a `name:version` that does not exist makes it
 # raise ParameterVersionNotFound, which Airflow logs and treats as not found: here, simply a 404.
@@ -42,9 +42,9 @@ class ParameterStoreSource:
                 return found
             request = {**request, "NextToken": page["NextToken"]}
 
-    async def get_many(self, names: list[str]) -> dict[str, str | None]:
+    async def get_many(self, names: list[str]) -> dict[str, str | UpstreamError | None]:
         """Values of `names`, 10 per GetParameters call; a name AWS reports invalid maps to None."""
-        found: dict[str, str | None] = {}
+        found: dict[str, str | UpstreamError | None] = {}
         for start in range(0, len(names), BATCH_SIZE):
             batch = names[start : start + BATCH_SIZE]
             response = await self._call(
