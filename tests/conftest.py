@@ -29,6 +29,15 @@ def aws(aws_server: AwsEmulator) -> AwsEmulator:
     return aws_server
 
 
+@pytest.fixture
+def proxy(aws: AwsEmulator) -> Iterator[Any]:
+    """A fault layer in front of the emulator: give `proxy.endpoint` to the daemon."""
+    from tests.faults import FaultProxy
+
+    with FaultProxy(aws.endpoint) as layer:
+        yield layer
+
+
 @dataclass
 class Running:
     """A daemon started in this test's event loop, on a real socket, with a fake clock."""

@@ -50,7 +50,8 @@ class AwsEmulator(ThreadedMotoServer):
     """moto in server mode (a real HTTP endpoint) that counts calls and can fail on purpose.
 
     `calls` counts requests per API as they reach AWS (retries included); `names` records every
-    SecretId / Name asked for. `fail[api] = code` answers that API with that error code.
+    SecretId / Name asked for. `fail[api] = code` answers that API with that error code, and
+    `fail[f"{api}:{name}"] = code` only the requests that name that secret.
     """
 
     def __init__(self) -> None:
@@ -71,7 +72,8 @@ class AwsEmulator(ThreadedMotoServer):
                 with self._lock:
                     self.calls[api] += 1
                     self.names.extend(names)
-                code = self.fail.get(api) or self.fail.get("*")
+                code = next((self.fail[f"{api}:{name}"] for name in names if f"{api}:{name}" in self.fail), None)
+                code = code or self.fail.get(api) or self.fail.get("*")
                 if code:
                     status = "500 Internal Server Error" if code.startswith("Internal") else "400 Bad Request"
                     payload = json.dumps({"__type": code, "message": f"injected {code}"}).encode()
