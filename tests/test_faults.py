@@ -13,6 +13,7 @@ import os
 
 import aiohttp
 
+from sidecar.cache import REFRESH_MIN_INTERVAL
 from sidecar.daemon import Daemon
 from sidecar.sources import UpstreamError
 from tests.support import TOKEN, AwsEmulator, FakeClock, make_settings
@@ -281,3 +282,24 @@ async def test_a_jump_of_the_monotonic_clock_refetches_once_and_answers_right(aw
     for i in range(30):
         assert (await sidecar.get("variables", f"k{i}"))[:2] == (200, {"value": str(i)})
     assert aws.calls["GetSecretValue"] == 30
+
+
+async def test_assumed_role_renewal_denied_keeps_the_valid_credentials_until_they_expire(
+    aws, proxy, start_sidecar, monkeypatch
+):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", proxy.endpoint)  # STS behind the fault layer too
+    aws.put("airflow/variables/v", "as the role")
+    # 900 s, STS's shortest: within botocore's advisory window (15 min) from the start, so every
+    # use tries to renew them, and a failed renewal is tolerated until the mandatory one (10 min).
+    role = {
+        "role_arn": "arn:aws:iam::123456789012:role/airflow-secrets",
+        "assume_role_kwargs": {"DurationSeconds": 900},
+    }
+    sidecar = await start_sidecar(backend_kwargs={**_via(proxy), **role}, ttl=300)
+    assert (await sidecar.get("variables", "v"))[:2] == (200, {"value": "as the role"})
+
+    for mode in ("denied", "throttle", "normal"):
+        proxy.set("AssumeRole", mode)
+        sidecar.clock.advance(REFRESH_MIN_INTERVAL)
+        assert (await sidecar.get("variables", "v", refresh=True))[:2] == (200, {"value": "as the role"})
+    assert proxy.counts()["AssumeRole"] >= 4  # the first, then a renewal tried at each use
