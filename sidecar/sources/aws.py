@@ -61,6 +61,12 @@ CREDENTIAL_CODES = frozenset(
 )
 
 
+# botocore's retry mode. "adaptive" adds a client-side rate limiter that slows down while AWS
+# throttles: 0.9 calls/s instead of 15/s against a throttling AWS in tests/benchmarks/throttling.py,
+# every cached key still answered (stale); some requests wait up to the cache's stale-after for it.
+RETRY_MODE = "adaptive"
+
+
 class UpstreamError(Exception):
     """An AWS call failed. `transient` failures may serve stale answers; others never do."""
 
@@ -137,9 +143,9 @@ def _session(store: StoreSettings) -> AioSession:
 async def open_client(service: str, store: StoreSettings, max_upstream: int) -> AsyncIterator[AioBaseClient]:
     """One client for the daemon's life: its connection pool is sized for `max_upstream` calls."""
     config = AioConfig(
-        # "standard" retries transient errors and throttling with jittered back-off; the cache
-        # serves stale answers meanwhile, so a few quick attempts beat many slow ones.
-        retries={"mode": "standard", "total_max_attempts": 3},
+        # Retries transient errors and throttling with jittered back-off; the cache serves stale
+        # answers meanwhile, so a few quick attempts beat many slow ones.
+        retries={"mode": RETRY_MODE, "total_max_attempts": 3},
         connect_timeout=3,
         read_timeout=10,
         max_pool_connections=max_upstream,
