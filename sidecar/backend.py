@@ -12,6 +12,10 @@ of TCP), `token` / `token_file` (default `SIDECAR_TOKEN` / `SIDECAR_TOKEN_FILE`)
 `on_unavailable` ("error", or "direct": ask AWS through the provider backend when no daemon
 answers), `fallback_kwargs` (that backend's kwargs; default `SIDECAR_BACKEND_KWARGS`) and
 `source` ("secretsmanager" or "ssm": which provider backend).
+
+A daemon that is too busy (429) is asked again after its `Retry-After`, for at most `timeout`
+seconds in all. After a 401, a `token_file` is re-read and the request retried a few times over
+at most a second: the daemon and this process may see a rotated file at slightly different times.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import http.client
 import importlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -41,6 +46,11 @@ PROVIDER_BACKENDS = {
     "secretsmanager": "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend",
     "ssm": "airflow.providers.amazon.aws.secrets.systems_manager.SystemsManagerParameterStoreBackend",
 }
+# After a 401 with a token file: re-read it and retry after these pauses (s), within `timeout`.
+# The daemon re-reads its own file on a mismatch at most every 0.1 s, and every second anyway.
+TOKEN_RETRY_PAUSES = (0.0, 0.05, 0.1, 0.2, 0.4)
+BUSY_PAUSE = 0.2  # s before asking a busy daemon (429) again when it sent no usable Retry-After
+MIN_BUSY_PAUSE = 0.05  # never hammer a busy daemon, whatever its Retry-After says
 KWARGS = (
     "url",
     "unix_socket",
@@ -69,6 +79,15 @@ def _multi_team() -> bool:
     except ImportError:
         from airflow.sdk.configuration import conf  # type: ignore[no-redef]
     return conf.getboolean("core", "multi_team", fallback=False)
+
+
+def _busy_pause(retry_after: str | None) -> float:
+    """Seconds to wait after a 429: its Retry-After (delta-seconds), else a short default."""
+    try:
+        seconds = float(retry_after or "")
+    except ValueError:  # absent, an HTTP date, or garbage: the daemon sends seconds
+        return BUSY_PAUSE
+    return BUSY_PAUSE if math.isnan(seconds) else max(seconds, MIN_BUSY_PAUSE)
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -174,10 +193,24 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         path = f"/v1/{kind}/{quote(key, safe='')}"
         if team:
             path += f"?team={quote(team, safe='')}"
-        status, body = self._request(path)
-        if status == 401 and self._token_file:
-            self._token = self._read_token_file()  # the token may have been rotated
-            status, body = self._request(path)
+        deadline = time.monotonic() + self.timeout  # for retries after 429 and 401, all together
+        token_pauses = iter(TOKEN_RETRY_PAUSES if self._token_file else ())
+        while True:
+            status, body, retry_after = self._request(path)
+            if status == 429:
+                pause = min(_busy_pause(retry_after), deadline - time.monotonic())
+                if pause <= 0:
+                    break
+                time.sleep(pause)  # the daemon is over its request or connection limit: give it room
+                continue
+            if status == 401:
+                pause = next(token_pauses, None)
+                if pause is None or time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
+                self._token = self._read_token_file()  # the token may have been rotated
+                continue
+            break
         if status == 200:
             return json.loads(body)["value"]
         if status == 404:
@@ -191,10 +224,16 @@ class SidecarSecretsBackend(BaseSecretsBackend):
                 f"the sidecar at {self._where} refused the token: give this backend the sidecar's token "
                 "(backend_kwargs 'token' or 'token_file', or SIDECAR_TOKEN / SIDECAR_TOKEN_FILE)"
             )
+        if status == 429:
+            raise SidecarError(
+                f"the sidecar at {self._where} stayed too busy (429) to answer {kind} {key!r} within "
+                f"{self.timeout:g}s: {message}. Raise its SIDECAR_MAX_REQUESTS / SIDECAR_MAX_CONNECTIONS, "
+                "or this backend's 'timeout'"
+            )
         raise SidecarError(f"the sidecar at {self._where} answered {status} for {kind} {key!r}: {message}")
 
-    def _request(self, path: str) -> tuple[int, bytes]:
-        """GET `path`; the first lookup of a process waits up to `startup_wait` for the daemon."""
+    def _request(self, path: str) -> tuple[int, bytes, str | None]:
+        """GET `path`: status, body, Retry-After. The first lookup of a process waits up to `startup_wait`."""
         deadline = time.monotonic() + (0 if self._reached else self.startup_wait)
         pause = 0.05
         while True:
@@ -210,7 +249,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
             self._reached = True
             return answer
 
-    def _request_once(self, path: str) -> tuple[int, bytes]:
+    def _request_once(self, path: str) -> tuple[int, bytes, str | None]:
         """GET `path` on this thread's keep-alive connection; reconnect once if it was dropped."""
         headers = {TOKEN_HEADER: self._token} if self._token else {}
         for attempt in (1, 2):
@@ -235,7 +274,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
             if response.will_close:
                 connection.close()
                 self._local.connection = None
-            return response.status, body
+            return response.status, body, response.getheader("Retry-After")
         raise AssertionError("unreachable")
 
     def _connection(self) -> tuple[http.client.HTTPConnection, bool]:

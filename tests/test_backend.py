@@ -6,11 +6,13 @@ instead of sharing the test's loop.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import http.client
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,14 +21,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidecar.backend import SidecarError, SidecarSecretsBackend
+from sidecar.backend import TOKEN_RETRY_PAUSES, SidecarError, SidecarSecretsBackend
 from sidecar.config import Settings
-from sidecar.server import TOKEN_RECHECK_SECONDS
+from sidecar.server import TOKEN_MISMATCH_RECHECK_SECONDS, TOKEN_RECHECK_SECONDS
 from tests.support import TOKEN, AwsEmulator, DaemonThread, FakeClock, make_settings
 
 
@@ -49,8 +52,14 @@ class Sidecar:
             self._thread.__exit__()
 
 
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] (\d{3}) ")  # in what the daemon sends back
+
+
 class CountingRelay:
-    """A TCP relay in front of the daemon: records each connection a client opens, and can cut them all."""
+    """A TCP relay in front of the daemon: records each connection a client opens, and can cut them all.
+
+    `statuses` counts the status codes of the responses the daemon sent through it.
+    """
 
     def __init__(self, target_port: int) -> None:
         self._target = ("127.0.0.1", target_port)
@@ -58,6 +67,7 @@ class CountingRelay:
         self._listener.settimeout(0.1)
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self.client_ports: list[int] = []
+        self.statuses: collections.Counter[int] = collections.Counter()
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -82,13 +92,19 @@ class CountingRelay:
             with self._lock:
                 self.client_ports.append(address[1])
                 self._open += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+            for source, sink, responses in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pipe, args=(source, sink, responses), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, responses: bool) -> None:
+        carried = b""  # the end of the previous chunk: a status line may straddle two
         try:
             while data := source.recv(65536):
+                if responses:
+                    seen = carried + data
+                    new = [m for m in STATUS_LINE.finditer(seen) if m.end() > len(carried)]
+                    with self._lock:
+                        self.statuses.update(int(m.group(1)) for m in new)
+                    carried = seen[-16:]
                 sink.sendall(data)
         except OSError:
             pass
@@ -118,6 +134,22 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def _in_thread(call: Callable[..., Any], *args: Any) -> Future[Any]:
+    """Run a blocking lookup in its own thread (its own keep-alive connection); `.result(timeout)` bounds the wait."""
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(call, *args)
+    pool.shutdown(wait=False)
+    return future
+
+
+def _wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.005)  # polling a condition
 
 
 def _write_token(path: str, token: str) -> None:
@@ -514,6 +546,138 @@ def _status_with(daemon: Sidecar, token: str) -> int:
         return connection.getresponse().status
     finally:
         connection.close()
+
+
+def test_a_rotated_token_file_works_at_the_very_next_lookup(aws, start_daemon, tmp_path):
+    aws.put("airflow/variables/v", "x")
+    token_file = str(tmp_path / "token")  # one file, mounted into the daemon and into Airflow
+    _write_token(token_file, TOKEN)
+    daemon = start_daemon(token_file=token_file)  # the daemon's real clock
+    running = SidecarSecretsBackend(url=daemon.url, token_file=token_file)
+    assert running.get_variable("v") == "x"
+    rotated = "rotated-token-abcdefghijklmnop"
+
+    _write_token(token_file, rotated)
+
+    fresh = SidecarSecretsBackend(url=daemon.url, token_file=token_file)  # a process started after the swap
+    assert fresh.get_variable("v") == "x"  # offers the new token before the daemon's periodic re-read
+    assert running.get_variable("v") == "x"  # offers the old one, is refused, reads the file again
+    assert _status_with(daemon, TOKEN) == 401
+    assert _status_with(daemon, rotated) == 200
+
+
+def test_a_token_the_daemon_has_not_taken_yet_is_offered_again_until_it_has(aws, start_daemon, relays, tmp_path):
+    """The daemon re-reads its file on a mismatch at most every 0.1 s: inside that window it refuses a
+    token it is about to accept, and a backend that retried once would give up."""
+    aws.put("airflow/variables/v", "x")
+    token_file = str(tmp_path / "token")
+    _write_token(token_file, TOKEN)
+    clock = FakeClock()
+    daemon = start_daemon(token_file=token_file, clock=clock)
+    assert _status_with(daemon, "nobody-has-this-token-0123456789") == 401  # the daemon re-read its file now
+    _write_token(token_file, "rotated-token-abcdefghijklmnop")
+    relay = relays(daemon.port)
+    backend = SidecarSecretsBackend(url=relay.url, token_file=token_file)  # it read the new file
+
+    lookup = _in_thread(backend.get_variable, "v")
+    _wait_until(lambda: relay.statuses[401] >= 2, "the daemon to refuse the new token twice")
+    clock.advance(TOKEN_MISMATCH_RECHECK_SECONDS)  # only now may the daemon look at its file again
+
+    assert lookup.result(timeout=10) == "x"
+    assert relay.statuses[200] == 1
+
+
+def test_a_token_file_the_daemon_never_accepts_is_a_clear_401_after_a_few_tries(aws, start_daemon, relays, tmp_path):
+    aws.put("airflow/variables/v", "secret value")
+    relay = relays(start_daemon().port)
+    wrong = "wrong-token-9876543210fedcba"
+    token_file = str(tmp_path / "token")
+    _write_token(token_file, wrong)
+    backend = SidecarSecretsBackend(url=relay.url, token_file=token_file)
+
+    with pytest.raises(SidecarError) as raised:
+        _in_thread(backend.get_variable, "v").result(timeout=10)
+
+    message = str(raised.value)
+    assert "refused the token" in message and "token_file" in message
+    assert wrong not in message and TOKEN not in message and "secret value" not in message
+    assert relay.statuses == {401: len(TOKEN_RETRY_PAUSES) + 1}  # a few tries, then the error
+
+    relay.statuses.clear()
+    hurried = SidecarSecretsBackend(url=relay.url, token_file=token_file, timeout=0.1)
+    with pytest.raises(SidecarError, match="refused the token"):
+        _in_thread(hurried.get_variable, "v").result(timeout=10)
+    assert 1 < relay.statuses[401] < len(TOKEN_RETRY_PAUSES) + 1  # the retries stop at the timeout
+
+
+# --- a busy daemon (429) ---
+
+
+def test_a_busy_daemon_is_asked_again_once_it_has_room(aws, proxy, start_daemon, relays):
+    aws.put("airflow/variables/slow", "slow value")
+    aws.put("airflow/variables/v", "x")
+    daemon = start_daemon(endpoint=proxy.endpoint, max_requests=1)
+    proxy.set("GetSecretValue", "hold")
+    holder = _in_thread(SidecarSecretsBackend(url=daemon.url, token=TOKEN).get_variable, "slow")
+    proxy.wait_for(lambda: proxy.held("GetSecretValue") == 1, 10, "the first lookup to wait on AWS")
+    relay = relays(daemon.port)
+    backend = SidecarSecretsBackend(url=relay.url, token=TOKEN)
+
+    lookup = _in_thread(backend.get_variable, "v")
+    _wait_until(lambda: relay.statuses[429] >= 1, "the daemon to answer 429 (its one request slot is taken)")
+    assert not lookup.done()  # waiting for room, not failed
+    proxy.set("GetSecretValue", "normal")
+    proxy.release()
+
+    assert holder.result(timeout=10) == "slow value"
+    assert lookup.result(timeout=10) == "x"
+    assert relay.statuses[200] == 1
+
+
+def test_a_daemon_over_its_connection_limit_is_asked_again_on_a_new_connection(aws, start_daemon, relays):
+    aws.put("airflow/variables/v", "x")
+    daemon = start_daemon(max_connections=1)
+    idle = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)  # a kept-alive connection: the limit
+    idle.request("GET", "/healthz")
+    assert idle.getresponse().read() == b'{"status": "ok"}'
+    relay = relays(daemon.port)
+    backend = SidecarSecretsBackend(url=relay.url, token=TOKEN)
+    try:
+        lookup = _in_thread(backend.get_variable, "v")
+        _wait_until(lambda: relay.statuses[429] >= 1, "the daemon to answer 429 (too many connections)")
+        assert not lookup.done()
+    finally:
+        idle.close()
+
+    assert lookup.result(timeout=10) == "x"
+    assert relay.connections >= 2  # that 429 closed its connection: the retry came on a new one
+
+
+def test_a_daemon_that_stays_busy_is_a_clear_429_error_within_the_timeout(aws, proxy, start_daemon, relays):
+    aws.put("airflow/variables/slow", "slow value")
+    aws.put("airflow/variables/v", "secret value")
+    daemon = start_daemon(endpoint=proxy.endpoint, max_requests=1)
+    proxy.set("GetSecretValue", "hold")
+    holder = _in_thread(SidecarSecretsBackend(url=daemon.url, token=TOKEN).get_variable, "slow")
+    proxy.wait_for(lambda: proxy.held("GetSecretValue") == 1, 10, "the first lookup to wait on AWS")
+    relay = relays(daemon.port)
+    timeout = 1.5  # the daemon sends Retry-After: 1, so the backend asks at least twice in that time
+    backend = SidecarSecretsBackend(url=relay.url, token=TOKEN, timeout=timeout)
+
+    try:
+        with pytest.raises(SidecarError) as raised:
+            _in_thread(backend.get_variable, "v").result(timeout=timeout + 5)  # a deadline, not a benchmark
+    finally:
+        proxy.set("GetSecretValue", "normal")
+        proxy.release()
+
+    assert relay.statuses[429] >= 2  # asked again after the Retry-After, not given up at the first 429
+    assert set(relay.statuses) == {429}
+    message = str(raised.value)
+    assert "429" in message and "busy" in message and "'v'" in message and relay.url in message
+    assert "SIDECAR_MAX_REQUESTS" in message
+    assert "secret value" not in message and TOKEN not in message
+    assert holder.result(timeout=10) == "slow value"
 
 
 # --- Unix socket ---
