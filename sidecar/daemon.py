@@ -210,11 +210,21 @@ def _remove_stale_socket(path: str) -> None:
 
 
 async def serve(settings: Settings, on_started: Callable[[Daemon], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down cleanly."""
+    """Run until SIGTERM or SIGINT, then shut down cleanly; a second signal exits at once (code 1)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()  # the first: stop accepting, let requests in flight finish
+            return
+        # The second: whoever sent it will not wait for the grace period; requests in flight are dropped.
+        log.warning("second signal: exiting now")
+        logging.shutdown()  # flush the log before the process goes
+        os._exit(1)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     daemon = Daemon(settings)
     try:
         await daemon.start()
