@@ -71,6 +71,7 @@ class Record:
     failures: int = 0
     retry_at: float = 0.0
     fetch: asyncio.Future[Answer] | None = None  # the foreground fetch under way
+    stale_at: float = 0.0  # event-loop time after which requests stop waiting for that fetch
 
     def due_at(self) -> float:
         return max(self.refresh_at, self.retry_at)
@@ -106,6 +107,8 @@ class Cache:
         self._tickets = itertools.count(1)
         self._due: list[tuple[float, int, str]] = []  # (due time, generation, key): refresh-ahead
         self._outage: UpstreamError | None = None
+        # The ticket of the first answer after an outage: back-offs from before it are over.
+        self._recovered = 0
         metrics.entries.set_function(lambda: len(self._records))
 
     def __len__(self) -> int:
@@ -127,13 +130,15 @@ class Cache:
                     self._mark_read(key, record, now)
                 self._metrics.lookups.labels("hit" if record.value is not None else "negative_hit").inc()
                 return record.value, Status.HIT
-            if record.failure is not None and now < record.retry_at:
+            if record.failure is not None and now < record.retry_at and not self._outage_over(record):
                 return self._stale_or_raise(key, record.failure)
         fetch = self._fetch_once(key, record)
         try:
             if record is not None and self._servable(record, now):
-                # Something to fall back on: a slow or black-holed AWS delays nobody for long.
-                done, _ = await asyncio.wait({fetch}, timeout=self._stale_after)
+                # Something to fall back on: a slow or black-holed AWS delays each fetch's
+                # requests by `stale_after` at most, all together, not one after another.
+                wait = record.stale_at - asyncio.get_running_loop().time()
+                done = fetch.done() or (wait > 0 and bool((await asyncio.wait({fetch}, timeout=wait))[0]))
                 stale = None if done else self._stale(key)
                 if stale is not None:
                     return stale
@@ -232,6 +237,7 @@ class Cache:
             record = Record(generation=0)
         fetch = asyncio.ensure_future(self._fetch_and_settle(key, self.ticket()))
         record.fetch = fetch
+        record.stale_at = asyncio.get_running_loop().time() + self._stale_after
         fetch.add_done_callback(lambda done: _fetch_done(record, done))
         self._records[key] = record  # kept while the fetch is under way
         return fetch
@@ -262,15 +268,16 @@ class Cache:
         if isinstance(result, UpstreamError):
             self._note_failure(key, record, result, now)
         else:
+            if self._outage is not None:
+                log.warning("AWS answers again after %s; fresh answers resume", self._outage.code)
+                self._outage = None
+                self._recovered = ticket
             self._answered(record, result, now)
         self._records[key] = record  # re-timed
         if record.known:
             heapq.heappush(self._due, (record.due_at(), ticket, key))
 
     def _answered(self, record: Record, value: Answer, now: float) -> None:
-        if self._outage is not None:
-            log.warning("AWS answers again after %s; fresh answers resume", self._outage.code)
-            self._outage = None
         record.failure, record.failures, record.retry_at = None, 0, 0.0
         life = self._ttl if value is not None else self._negative_ttl
         record.known = life > 0
@@ -297,6 +304,10 @@ class Cache:
                 error.code,
                 self._max_stale,
             )
+
+    def _outage_over(self, record: Record) -> bool:
+        """The record backs off from an outage that has ended since: ask AWS again now."""
+        return record.failure is not None and record.failure.transient and record.generation < self._recovered
 
     def _servable(self, record: Record, now: float) -> bool:
         return record.known and now < record.fresh_until + self._max_stale

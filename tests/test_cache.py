@@ -340,3 +340,33 @@ async def test_a_refresh_pass_skips_entries_that_are_not_due_without_looking_at_
     assert await cache.refresh_due() == 310  # the ten due now, and those due within 10% of the TTL (30 s)
     assert await cache.refresh_due() == 0
     assert len(store.batches) == 1
+
+
+async def test_keys_backing_off_are_asked_again_as_soon_as_aws_answers_again():
+    store, clock = Store(k="v1", other="o"), FakeClock()
+    cache = make_cache(store, clock)
+    await cache.get("k")
+    clock.advance(301)
+    store.error = THROTTLED
+    for wait in (1, 2, 4, 8, 16):  # a long outage: k's back-off has grown to 32 s
+        assert await cache.get("k") == ("v1", Status.STALE)
+        clock.advance(wait)
+    assert await cache.get("k") == ("v1", Status.STALE)
+
+    store.error = None  # AWS recovers, and the secret was rotated meanwhile
+    store.values["k"] = "v2"
+    assert await cache.get("other") == ("o", Status.MISS)  # the first answer after the outage
+    assert await cache.get("k") == ("v2", Status.MISS)  # not 32 s more of the old version
+
+
+async def test_while_one_fetch_is_stuck_later_requests_get_the_stale_answer_at_once():
+    store, clock = Store(k="v"), FakeClock()
+    cache = make_cache(store, clock, stale_after=0.3)
+    await cache.get("k")
+    clock.advance(301)
+    store.gate = asyncio.Event()  # AWS does not answer
+
+    assert await cache.get("k") == ("v", Status.STALE)  # waited its 0.3 s
+    for _ in range(5):  # the fetch is still stuck: no more waiting
+        assert await asyncio.wait_for(cache.get("k"), 0.15) == ("v", Status.STALE)
+    store.gate.set()
