@@ -90,6 +90,9 @@ class FaultProxy:
     # --- commands ---
 
     def set(self, api: str, mode: str, *, delay: float = 0.0) -> None:
+        """`api` (or "*": every API without its own mode) behaves as `mode` from now on. Requests
+        already held stay held until release() or clear(); black holes of an API whose mode is no
+        longer "blackhole" are closed."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {sorted(MODES)}")
         with self._lock:
@@ -168,14 +171,12 @@ class FaultProxy:
         if self._listener is not None:
             self._listener.close()  # new connections are refused from here on
             self._listener = None
+        with self._lock:
+            self._settle(lambda w: True, False)  # their connections are reset just below
         for connection in self._server.connections:
-            if connection.transport is not None:
-                _reset(connection.transport)
-        await asyncio.sleep(0)  # let the resets be processed
+            _reset(connection.transport)
 
     async def _stop(self) -> None:
-        with self._lock:
-            self._settle(lambda w: True, False)
         await self._down()
         await self._server.shutdown(1.0)
         await self._session.close()
@@ -201,13 +202,12 @@ class FaultProxy:
                     if waiter in self._waiters:
                         self._waiters.remove(waiter)
             if not go:
-                assert request.transport is not None
-                request.transport.close()
-                return web.Response()  # not sent: the transport is closed
+                if request.transport is not None:
+                    request.transport.close()
+                return web.Response()  # never sent: the connection is closed
         if answered is not None:
             return answered  # ...and the answer arrives when released
         if mode == "reset":
-            assert request.transport is not None
             _reset(request.transport)
             return web.Response()
         if mode in ERRORS:
@@ -232,7 +232,6 @@ class FaultProxy:
                 kept = [(k, v) for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP]
                 return web.Response(status=upstream.status, body=answer, headers=kept)
         except aiohttp.ClientError:
-            assert request.transport is not None
             _reset(request.transport)  # AWS unreachable behind us: so are we
             return web.Response()
 
@@ -242,8 +241,10 @@ def _resolve(future: asyncio.Future[bool], go: bool) -> None:
         future.set_result(go)
 
 
-def _reset(transport: asyncio.BaseTransport) -> None:
+def _reset(transport: asyncio.BaseTransport | None) -> None:
     """Close with RST: SO_LINGER on with a zero timeout, then close."""
+    if transport is None:
+        return  # already gone
     sock = transport.get_extra_info("socket")
     if sock is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -164,6 +164,29 @@ def test_hold_waits_for_release_then_forwards(aws: AwsEmulator, proxy: FaultProx
     assert third.result(10)["SecretString"] == "v2"
 
 
+def test_late_answers_now_at_aws_but_delivers_at_release(aws: AwsEmulator, proxy: FaultProxy) -> None:
+    aws.put(NAME, "v1")
+    proxy.set("GetSecretValue", "late")
+    late = in_thread(client(proxy).get_secret_value, SecretId=NAME)
+    proxy.wait_for(lambda: proxy.held("GetSecretValue") == 1, 5, "the answer to be held")
+    assert aws.calls["GetSecretValue"] == 1 and not late.done()  # AWS answered; the client still waits
+
+    aws.client().put_secret_value(SecretId=NAME, SecretString="v2")
+    proxy.release()
+    assert late.result(10)["SecretString"] == "v1"  # the answer from before the change, delivered late
+
+
+def test_down_resets_held_requests_at_once(aws: AwsEmulator, proxy: FaultProxy) -> None:
+    proxy.set("*", "blackhole")
+    waiting = in_thread(client(proxy, read_timeout=30).list_secrets)
+    proxy.wait_for(lambda: proxy.held() == 1, 5, "the request to be black-holed")
+
+    proxy.down()
+    assert proxy.held() == 0
+    with pytest.raises(ConnectionClosedError):
+        waiting.result(10)
+
+
 def test_slow_answers_after_the_delay(aws: AwsEmulator, proxy: FaultProxy) -> None:
     aws.put(NAME, "v1")
     proxy.set("GetSecretValue", "slow", delay=0.4)
