@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-airflow2 lint bench constraints clean
+.PHONY: demo test test-airflow2 lint bench soak constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ test-airflow2: $(VENV)/.dev-installed $(AIRFLOW2_VENV)/.installed
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.benchmarks.run
+
+# The daemon as a process, Airflow-like clients, AWS flapping behind a fault layer (tests/soak.py).
+SOAK_SECONDS ?= 60
+soak: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.soak --seconds $(SOAK_SECONDS)
 
 # After changing dependencies: resolve afresh (slow), then pin the result for everyone.
 constraints:

@@ -1,0 +1,702 @@
+"""A soak: the daemon as its own process, Airflow-like clients, and AWS flapping behind a fault layer.
+
+    python -m tests.soak [--seconds 60] [--clients 4] [--json PATH]        (make soak)
+
+Loopback only; it stops by itself. Pieces:
+
+- AWS is moto's server (`tests.support.AwsEmulator`, fake credentials), with 20 variables and 5
+  connections under airflow/variables and airflow/connections, each value naming its key and a
+  version (`var03#v2`; connections a URI ending `?version=2`), and 10 keys that do not exist.
+- A `tests.faults.FaultProxy` sits between the daemon and moto.
+- The daemon runs as its own process (`python -m sidecar serve`) on a free port with a token file,
+  `endpoint_url` = the fault layer, and short times so expiry, refresh-ahead and listing happen
+  many times a minute: TTL 4 s, negative TTL 2 s, listing every 4 s, max stale 600 s (an outage
+  of the whole run is served stale), request timeout 3 s.
+- `--clients` Airflow-like processes (each builds `sidecar.backend.SidecarSecretsBackend` with
+  `url` and `token_file`, as Airflow would) loop until the end over present keys, absent keys,
+  and every 20th request a raw `http.client` GET with `refresh=true`. Each records, per answer:
+  key, status, value, latency and `time.monotonic()` at completion (CLOCK_MONOTONIC is
+  system-wide on Linux, so these compare across processes) into its own JSON file, in a temporary
+  directory deleted at the end: the only place secret values are written.
+- The orchestrator rotates one secret a second (`put_secret_value` straight to moto, version
+  N+1, logging the monotonic time before the call) and flaps AWS through the fault layer:
+  normal for the first quarter (warm-up), then slow (1.5 s per request), blackhole, down,
+  throttle and 5xx in equal shares, then normal for at least 3 x TTL (the final recovery).
+
+Checks; any failure is printed and the exit status is 1:
+
+1. wrong values: a 200 for key k is k's own value with version N no newer than the latest
+   rotation started before the answer completed; a present key is never 404; an absent key never
+   gets a value.
+2. only documented statuses: 200, 404 and 503 (the backend's SidecarError "answered 503").
+   Anything else (401, 429, 500, connection errors, timeouts, other exceptions) fails.
+3. freshness after the final recovery: an answer completing at t >= recovery + TTL + 1 s has a
+   version no older than the latest rotation started at or before t - TTL - 1 s. This covers
+   every key rotated before the recovery, and rotations during the final phase too.
+4. the daemon's RSS (/proc/PID/status VmRSS) and open fds (/proc/PID/fd), sampled each second:
+   the value at the end may not exceed the value after warm-up by more than 10% (fds: or 2, which
+   is more for a dozen: one keep-alive connection to AWS more or less). After warm-up is
+   the largest of the samples in the 2.5 s before the end of the first quarter, the end the
+   smallest in the last 2.5 s (clients still running): a connection open for a moment cannot
+   fail the check, a leak shows in every sample. A fall is no leak and passes (idle connections
+   closing can take the fd count down by more than 10% of a dozen).
+5. the daemon exits 0 on SIGTERM; every client exits 0; there were lookups, answers after the
+   recovery window, and rotations before the recovery (else checks 1 and 3 would be empty).
+
+Prints Markdown tables and writes JSON (`--json`, default tests/benchmarks/results/soak.json,
+git-ignored); neither holds a secret value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_JSON = ROOT / "tests" / "benchmarks" / "results" / "soak.json"
+
+TTL = 4.0
+DAEMON_SETTINGS = {"ttl": "4", "negative_ttl": "2", "list_interval": "4", "max_stale": "600", "request_timeout": "3"}
+SLOW_DELAY = 1.5  # seconds the fault layer holds each answer during "slow"
+FAULTS = ("slow", "blackhole", "down", "throttle", "5xx")
+APIS = ("GetSecretValue", "BatchGetSecretValue", "ListSecrets")
+ROTATE_EVERY = 1.0  # seconds between rotations
+VARIABLES = [f"var{i:02d}" for i in range(20)]
+CONNECTIONS = [f"conn{i}" for i in range(5)]
+PRESENT = [("variables", k) for k in VARIABLES] + [("connections", k) for k in CONNECTIONS]
+ABSENT = [("variables", f"absent{i}") for i in range(7)] + [("connections", f"absent_conn{i}") for i in range(3)]
+PREFIX = {"variables": "airflow/variables/", "connections": "airflow/connections/"}
+ABSENT_SHARE = 0.25
+REFRESH_EVERY = 20  # every 20th request of a client is a raw GET with refresh=true
+CLIENT_PAUSE = 0.005  # seconds between a client's requests: Airflow-like, not a load test
+DOCUMENTED = (200, 404, 503)
+SLACK = 1.0  # seconds beyond one TTL for the freshness check
+GROWTH = 0.10  # largest RSS / fd growth allowed between warm-up and end
+# ...but at least this many fds: with about a dozen open, one keep-alive connection to AWS (the
+# pool keeps what the last phase needed) is 8%. A leak grows with the 20,000 requests, not by 2.
+FD_SLACK = 2
+STARTUP_TIMEOUT = 120.0
+
+
+def secret_value(kind: str, key: str, version: int) -> str:
+    if kind == "connections":
+        return f"postgresql://soak:pw@{key}.db.invalid:5432/{key}?version={version}"
+    return f"{key}#v{version}"
+
+
+def version_of(kind: str, key: str, value: str) -> int | None:
+    """The version a value carries, or None when it is not a value of `key` at all."""
+    if kind == "connections":
+        form = rf"postgresql://soak:pw@{re.escape(key)}\.db\.invalid:5432/{re.escape(key)}\?version=(\d+)"
+    else:
+        form = rf"{re.escape(key)}#v(\d+)"
+    found = re.fullmatch(form, value)
+    return int(found.group(1)) if found else None
+
+
+# --- a client process ---
+
+
+def run_client(config_path: str) -> int:
+    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    from sidecar.backend import SidecarError, SidecarSecretsBackend  # imports Airflow, as Airflow has
+
+    backend = SidecarSecretsBackend(url=config["url"], token_file=config["token_file"])
+    token = Path(config["token_file"]).read_text(encoding="utf-8").strip()
+    host, port = config["url"].removeprefix("http://").rsplit(":", 1)
+    rng = random.Random(config["seed"])
+
+    def ask(kind: str, key: str) -> tuple[int | None, str | None, str | None]:
+        """(status, value, error) through the backend, as Airflow asks."""
+        try:
+            value = backend.get_variable(key) if kind == "variables" else backend.get_conn_value(key)
+        except SidecarError as exc:
+            found = re.search(r"answered (\d{3})", str(exc))
+            status = int(found.group(1)) if found else 401 if "refused the token" in str(exc) else None
+            return status, None, f"{type(exc).__name__}: {exc}"[:300]
+        except Exception as exc:
+            return None, None, f"{type(exc).__name__}: {exc}"[:300]
+        return (200 if value is not None else 404), value, None
+
+    def refresh(kind: str, key: str) -> tuple[int | None, str | None, str | None]:
+        """(status, value, error) of a raw GET with refresh=true."""
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            connection.request(
+                "GET", f"/v1/{kind}/{quote(key, safe='')}?refresh=true", headers={"X-Sidecar-Token": token}
+            )
+            response = connection.getresponse()
+            body = json.loads(response.read())
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            return None, None, f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            connection.close()
+        if response.status == 200:
+            return 200, body["value"], None
+        return response.status, None, None if response.status == 404 else f"HTTP {response.status}: {body.get('error')}"
+
+    ask("variables", VARIABLES[0])  # imports done, connection open: then say ready
+    Path(config["ready"]).touch()
+    end = float(sys.stdin.readline().split()[1])  # "go END"
+    records: list[list[Any]] = []
+    while time.monotonic() < end:
+        raw = (len(records) + 1) % REFRESH_EVERY == 0
+        if raw:
+            kind, key = rng.choice(PRESENT + ABSENT)
+        else:
+            kind, key = rng.choice(ABSENT if rng.random() < ABSENT_SHARE else PRESENT)
+        started = time.monotonic()
+        status, value, error = (refresh if raw else ask)(kind, key)
+        done = time.monotonic()
+        records.append([kind, key, "refresh" if raw else "backend", status, value, error, done - started, done])
+        time.sleep(CLIENT_PAUSE)
+    Path(config["out"]).write_text(json.dumps(records), encoding="utf-8")
+    return 0
+
+
+# --- the orchestrator ---
+
+
+def schedule(seconds: float) -> list[tuple[str, float, float]]:
+    """(kind, start, end) offsets: warm-up normal, the faults in equal shares, a final normal."""
+    warm, final = seconds / 4, max(3 * TTL, seconds / 5)
+    each = (seconds - warm - final) / len(FAULTS)
+    if each < 0.5:
+        raise SystemExit("--seconds: at least 20, so that each fault lasts half a second")
+    phases, start = [("normal", 0.0, warm)], warm
+    for kind in FAULTS:
+        phases.append((kind, start, start + each))
+        start += each
+    phases.append(("normal", start, seconds))
+    return phases
+
+
+def apply_phase(proxy: Any, kind: str) -> None:
+    if kind == "normal":
+        proxy.clear()
+    elif kind == "down":
+        proxy.down()  # first: open connections (black holes included) are reset at once
+        proxy.set("*", "normal")
+    else:
+        proxy.set("*", kind, delay=SLOW_DELAY)
+        proxy.up()
+
+
+class Sampler(threading.Thread):
+    """The daemon's RSS (KiB) and open fds, once a second."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.samples: list[tuple[float, int, int]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            with contextlib.suppress(OSError, ValueError):
+                status = Path(f"/proc/{self.pid}/status").read_text()
+                rss = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+                self.samples.append((time.monotonic(), rss, len(os.listdir(f"/proc/{self.pid}/fd"))))
+            self.halt.wait(1.0)
+
+    def summary(self, start: float, end: float, pick: Any) -> tuple[int, int] | None:
+        """`pick` (max or min) of the RSS and of the fds sampled between `start` and `end`."""
+        window = [(rss, fds) for t, rss, fds in self.samples if start <= t <= end]
+        return (pick(w[0] for w in window), pick(w[1] for w in window)) if window else None
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def daemon_ready(process: subprocess.Popen[bytes], url: str) -> bool:
+    if process.poll() is not None:
+        raise RuntimeError(f"the daemon exited with {process.returncode} before it was ready")
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def metrics(url: str) -> dict[str, float]:
+    """The daemon's cache lookups and upstream calls by label, from /metrics (no key names there)."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    found = re.findall(r"^(sidecar_(?:cache_lookups|upstream_calls)_total\{[^}]*\}) (\S+)$", text, re.M)
+    return {name: float(value) for name, value in found}
+
+
+def run(args: argparse.Namespace) -> int:
+    from tests.benchmarks.sidecar_process import aws_env
+
+    os.environ.update(aws_env())  # before boto3 looks for credentials: nothing here reaches AWS
+    from tests.faults import FaultProxy
+    from tests.support import AwsEmulator
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator would log every request
+    phases = schedule(args.seconds)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-")))
+        aws = AwsEmulator()
+        aws.start()
+        stack.callback(aws.stop)
+        moto = aws.client()
+        for kind, key in PRESENT:
+            moto.create_secret(Name=PREFIX[kind] + key, SecretString=secret_value(kind, key, 1))
+        proxy = stack.enter_context(FaultProxy(aws.endpoint))
+        daemon, url, daemon_log = start_daemon(stack, tmp, proxy.endpoint)
+        sampler = Sampler(daemon.pid)
+        sampler.start()
+        clients = start_clients(stack, tmp, url, args.clients)
+
+        t0 = time.monotonic()
+        end = t0 + args.seconds
+        for client in clients:
+            assert client.stdin is not None
+            client.stdin.write(f"go {end!r}\n".encode())
+            client.stdin.close()
+        progress(f"running {args.seconds:g}s with {args.clients} clients: {', '.join(p[0] for p in phases)}")
+        layer_before, moto_before = proxy.counts(), dict(aws.calls)
+        rotations, recovery = drive(proxy, moto, phases, t0, end)
+        layer_calls = Counter(proxy.counts()) - Counter(layer_before)
+        moto_calls = Counter(aws.calls) - Counter(moto_before)
+        for api in ("PutSecretValue", "CreateSecret"):  # the orchestrator's own calls
+            moto_calls.pop(api, None)
+
+        client_codes, records = collect(clients, tmp)
+        sampler.halt.set()
+        sampler.join()
+        daemon_metrics = metrics(url) if daemon.poll() is None else {}
+        daemon_code, notable = stop_daemon(daemon, daemon_log)
+
+    report = analyse(records, rotations, phases, t0, recovery, sampler, t0 + phases[0][2], end)
+    minutes = args.seconds / 60
+    report.update(
+        settings={"seconds": args.seconds, "clients": args.clients, "slow_delay_s": SLOW_DELAY, **DAEMON_SETTINGS},
+        phases=[
+            {"kind": k, "label": label_of(phases, i), "start_s": round(s, 2), "end_s": round(e, 2)}
+            for i, (k, s, e) in enumerate(phases)
+        ],
+        aws_calls={
+            "minutes": minutes,
+            "at_fault_layer": dict(layer_calls),
+            "at_moto": dict(moto_calls),
+            "at_fault_layer_per_minute": sum(layer_calls.values()) / minutes,
+            "at_moto_per_minute": sum(moto_calls.values()) / minutes,
+        },
+        daemon_metrics=daemon_metrics,
+        daemon_log={
+            "warnings": sum(" WARNING " in line for line in notable),
+            "errors": sum(" WARNING " not in line for line in notable),
+            "first_lines": notable[:30],
+        },
+        daemon_exit_code=daemon_code,
+        client_exit_codes=client_codes,
+    )
+    failures = report["failures"]
+    if daemon_code != 0:
+        failures.append(f"the daemon exited {daemon_code!r} on SIGTERM, not 0")
+    if any(code != 0 for code in client_codes):
+        failures.append(f"client exit codes {client_codes}")
+    print(markdown(report))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"\nJSON: {args.json}")
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    print("soak failed" if failures else "soak passed")
+    return 1 if failures else 0
+
+
+def start_daemon(stack: contextlib.ExitStack, tmp: Path, endpoint: str) -> tuple[subprocess.Popen[bytes], str, Any]:
+    """`python -m sidecar serve` on a free port with a token file, AWS at `endpoint`; ready when it returns."""
+    from tests.benchmarks.sidecar_process import aws_env, free_port
+    from tests.support import REGION
+
+    token_file = tmp / "token"
+    token_file.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+    token_file.chmod(0o600)
+    port = free_port()
+    env = {name: value for name, value in aws_env().items() if not name.startswith("SIDECAR_")}
+    env.update(
+        SIDECAR_TOKEN_FILE=str(token_file),
+        SIDECAR_HOST="127.0.0.1",
+        SIDECAR_PORT=str(port),
+        SIDECAR_BACKEND_KWARGS=json.dumps({"region_name": REGION, "endpoint_url": endpoint}),
+        SIDECAR_LOG_LEVEL="info",
+        **{f"SIDECAR_{name.upper()}": value for name, value in DAEMON_SETTINGS.items()},
+    )
+    log = stack.enter_context((tmp / "daemon.log").open("w+b"))
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    stack.callback(kill, daemon)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: daemon_ready(daemon, url), STARTUP_TIMEOUT, "the daemon to be ready")
+    except RuntimeError:
+        print(tail(log), file=sys.stderr)
+        raise
+    return daemon, url, log
+
+
+def start_clients(stack: contextlib.ExitStack, tmp: Path, url: str, count: int) -> list[subprocess.Popen[bytes]]:
+    """`count` client processes, each with its lookups done once (imports, connection): ready to go."""
+    from tests.support import airflow_env
+
+    env = airflow_env(tmp / "airflow")
+    clients = []
+    for n in range(count):
+        config = {"url": url, "token_file": str(tmp / "token"), "seed": n}
+        config.update(ready=str(tmp / f"client{n}.ready"), out=str(tmp / f"client{n}.json"))
+        (tmp / f"client{n}.config").write_text(json.dumps(config), encoding="utf-8")
+        client = subprocess.Popen(
+            [sys.executable, "-m", "tests.soak", "--client", str(tmp / f"client{n}.config")],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=stack.enter_context((tmp / f"client{n}.log").open("w+b")),
+        )
+        stack.callback(kill, client)
+        clients.append(client)
+
+    def ready() -> bool:
+        for n, client in enumerate(clients):
+            if client.poll() is not None:
+                raise RuntimeError(f"client {n} exited before it was ready:\n{tail_file(tmp / f'client{n}.log')}")
+        return all((tmp / f"client{n}.ready").exists() for n in range(count))
+
+    wait_until(ready, STARTUP_TIMEOUT, "the clients to be ready")
+    return clients
+
+
+def drive(
+    proxy: Any, moto: Any, phases: list[tuple[str, float, float]], t0: float, end: float
+) -> tuple[list[tuple[float, str, str, int]], float | None]:
+    """Switch the phases and rotate a secret a second until `end`: (rotations, time of the final recovery)."""
+    rng = random.Random(1)
+    versions = dict.fromkeys(PRESENT, 1)
+    rotations: list[tuple[float, str, str, int]] = []  # (monotonic time before the call, kind, key, version)
+    pending = list(phases)
+    recovery = None
+    next_rotation = t0 + ROTATE_EVERY
+    while (now := time.monotonic()) < end:
+        if pending and t0 + pending[0][1] <= now:
+            apply_phase(proxy, pending.pop(0)[0])
+            if not pending:
+                recovery = time.monotonic()
+        elif now >= next_rotation:
+            kind, key = rng.choice(PRESENT)
+            versions[kind, key] += 1
+            rotations.append((time.monotonic(), kind, key, versions[kind, key]))
+            moto.put_secret_value(
+                SecretId=PREFIX[kind] + key, SecretString=secret_value(kind, key, versions[kind, key])
+            )
+            next_rotation += ROTATE_EVERY
+        else:
+            upcoming = [end, next_rotation] + ([t0 + pending[0][1]] if pending else [])
+            time.sleep(max(0.0, min(upcoming) - now))
+    return rotations, recovery
+
+
+def collect(clients: list[subprocess.Popen[bytes]], tmp: Path) -> tuple[list[int], list[list[Any]]]:
+    """Each client's exit code, and all their records."""
+    codes, records = [], []
+    for n, client in enumerate(clients):
+        try:
+            codes.append(client.wait(60))
+        except subprocess.TimeoutExpired:
+            client.kill()
+            codes.append(client.wait())
+        if codes[-1] != 0:
+            print(f"client {n} exited {codes[-1]}:\n{tail_file(tmp / f'client{n}.log')}", file=sys.stderr)
+        with contextlib.suppress(FileNotFoundError):
+            records += json.loads((tmp / f"client{n}.json").read_text(encoding="utf-8"))
+    return codes, records
+
+
+def stop_daemon(daemon: subprocess.Popen[bytes], log: Any) -> tuple[int | str, list[str]]:
+    """SIGTERM: its exit code, and its warning and error lines (which name no value: README, secrets in logs)."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        code: int | str = daemon.wait(30)
+    except subprocess.TimeoutExpired:
+        code = "no exit within 30 s of SIGTERM"
+    if code != 0:
+        print(tail(log), file=sys.stderr)
+    log.seek(0)
+    lines = log.read().decode("utf-8", "replace").splitlines()
+    return code, [line for line in lines if re.search(r" (WARNING|ERROR|CRITICAL) ", line)]
+
+
+def analyse(
+    records: list[list[Any]],
+    rotations: list[tuple[float, str, str, int]],
+    phases: list[tuple[str, float, float]],
+    t0: float,
+    recovery: float | None,
+    sampler: Sampler,
+    quarter: float,
+    end: float,
+) -> dict[str, Any]:
+    absent = set(ABSENT)
+    history: dict[tuple[str, str], list[tuple[float, int]]] = {key: [(float("-inf"), 1)] for key in PRESENT}
+    for when, kind, key, version in rotations:
+        history[kind, key].append((when, version))
+
+    def version_at(kind: str, key: str, t: float) -> int:
+        return max(version for when, version in history[kind, key] if when <= t)
+
+    def written_at(kind: str, key: str, version: int) -> float:
+        return next(when for when, v in history[kind, key] if v == version)
+
+    labels = [label_of(phases, i) for i in range(len(phases))]
+
+    def phase_at(t: float) -> str:
+        return next((labels[i] for i, (_, _, stop) in enumerate(phases) if t - t0 < stop), labels[-1])
+
+    fresh_from = None if recovery is None else recovery + TTL + SLACK
+    outcomes: Counter[str] = Counter()
+    by_phase: dict[str, dict[str, Any]] = {}
+    wrong: list[dict[str, Any]] = []
+    undocumented: list[dict[str, Any]] = []
+    stale: list[dict[str, Any]] = []
+    checked_fresh = 0
+    for kind, key, via, status, value, error, latency, done in records:
+        label = str(status) if status in DOCUMENTED else "undocumented"
+        outcomes[label] += 1
+        # Latency and outcome go to the phase the request started in; the checks use completion.
+        phase = by_phase.setdefault(phase_at(done - latency), {"latencies": [], "outcomes": Counter()})
+        phase["latencies"].append(latency)
+        phase["outcomes"][label] += 1
+        where = {"kind": kind, "key": key, "via": via, "at_s": round(done - t0, 3), "phase": phase_at(done)}
+        if label == "undocumented":
+            undocumented.append({**where, "status": status, "error": error})
+        if (kind, key) in absent:
+            if status == 200:
+                wrong.append({**where, "why": "an absent key got a value"})
+            continue
+        if status == 404:
+            wrong.append({**where, "why": "a present key answered not found"})
+        if status != 200:
+            continue
+        got = version_of(kind, key, value)
+        newest = version_at(kind, key, done)
+        if got is None:
+            wrong.append({**where, "why": f"not a value of this key ({len(value)} characters)"})
+        elif got > newest:
+            wrong.append({**where, "why": f"version {got}, but only up to {newest} was written before the answer"})
+        elif fresh_from is not None and done >= fresh_from:
+            checked_fresh += 1
+            due = version_at(kind, key, done - TTL - SLACK)
+            if got < due:
+                lag = done - written_at(kind, key, due)
+                why = f"version {got}, but {due} was written {lag:.1f} s before (more than TTL + 1 s)"
+                stale.append({**where, "why": why, "lag_s": round(lag, 3)})
+
+    failures = []
+    if not records:
+        failures.append("no lookups were answered")
+    if wrong:
+        failures.append(f"{len(wrong)} wrong values, first: {wrong[0]}")
+    if undocumented:
+        failures.append(f"{len(undocumented)} undocumented statuses, first: {undocumented[0]}")
+    if stale:
+        failures.append(
+            f"{len(stale)} answers older than TTL + 1 s after the final recovery, on {len(by_key(stale))} keys, "
+            f"up to {max(x['lag_s'] for x in stale):.1f} s after the newer version was written; first: {stale[0]}"
+        )
+    if recovery is None or checked_fresh == 0:
+        failures.append("no answer completed after the final recovery + TTL + 1 s: freshness was not checked")
+    if not any(when < (recovery or 0) for when, *_ in rotations):
+        failures.append("no rotation before the final recovery: freshness after an outage was not checked")
+    start, last = sampler.summary(quarter - 2.5, quarter, max), sampler.summary(end - 2.5, end, min)
+    resources: dict[str, Any] = {"samples": [(round(t - t0, 2), rss, fds) for t, rss, fds in sampler.samples]}
+    if start is None or last is None:
+        failures.append("no RSS / fd samples after warm-up or at the end")
+    else:
+        resources.update(rss_kib=[start[0], last[0]], fds=[start[1], last[1]])
+        for name, before, after, slack in (("RSS", start[0], last[0], 0), ("open fds", start[1], last[1], FD_SLACK)):
+            if after > before + max(GROWTH * before, slack):
+                failures.append(f"daemon {name} went from {before} after warm-up to {after} at the end (> 10%)")
+    latency = {}
+    for kind, data in by_phase.items():
+        ms = sorted(1000 * x for x in data["latencies"])
+        latency[kind] = {
+            "lookups": len(ms),
+            "outcomes": dict(data["outcomes"]),
+            "p50_ms": statistics.median(ms),
+            "p99_ms": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+        }
+    return {
+        "lookups": len(records),
+        "outcomes": dict(outcomes),
+        "wrong_values": len(wrong),
+        "wrong_examples": wrong[:20],
+        "undocumented_statuses": len(undocumented),
+        "undocumented_examples": undocumented[:20],
+        "stale_after_recovery": len(stale),
+        "stale_after_recovery_by_key": by_key(stale),
+        "stale_after_recovery_max_lag_s": max((x["lag_s"] for x in stale), default=None),
+        "stale_after_recovery_via": dict(Counter(x["via"] for x in stale)),
+        "stale_examples": stale[:20],
+        "answers_checked_for_freshness": checked_fresh,
+        "rotations": len(rotations),
+        "rotations_before_recovery": sum(1 for when, *_ in rotations if recovery and when < recovery),
+        "recovery_at_s": None if recovery is None else recovery - t0,
+        "latency_by_phase": latency,
+        "daemon_resources": resources,
+        "failures": failures,
+    }
+
+
+def label_of(phases: list[tuple[str, float, float]], index: int) -> str:
+    """A phase's kind; the first and the last (both normal) say which they are."""
+    return {0: "normal (warm-up)", len(phases) - 1: "normal (recovered)"}.get(index, phases[index][0])
+
+
+def by_key(answers: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per key: how many answers, and the completion times (s) of the first and the last."""
+    keys: dict[str, dict[str, Any]] = {}
+    for answer in answers:
+        entry = keys.setdefault(f"{answer['kind']}/{answer['key']}", {"answers": 0, "first_at_s": answer["at_s"]})
+        entry["answers"] += 1
+        entry["last_at_s"] = answer["at_s"]
+    return keys
+
+
+def markdown(report: dict[str, Any]) -> str:
+    settings, outcomes, calls = report["settings"], report["outcomes"], report["aws_calls"]
+    layer, minutes = calls["at_fault_layer"], calls["minutes"]
+    recovery = report["recovery_at_s"]
+    stale, log = report["stale_after_recovery"], report["daemon_log"]
+    lines = [
+        f"## Soak: {settings['seconds']:g} s, {settings['clients']} clients, TTL {settings['ttl']} s, "
+        f"final recovery at {'-' if recovery is None else f'{recovery:.1f}'} s",
+        "",
+        "| | count |",
+        "|---|---:|",
+        f"| lookups | {report['lookups']:,} |",
+        f"| 200 value | {outcomes.get('200', 0):,} |",
+        f"| 404 not found | {outcomes.get('404', 0):,} |",
+        f'| 503 (SidecarError "answered 503") | {outcomes.get("503", 0):,} |',
+        f"| undocumented statuses | {report['undocumented_statuses']:,} |",
+        f"| wrong values | {report['wrong_values']:,} |",
+        f"| rotations (before recovery) | {report['rotations']} ({report['rotations_before_recovery']}) |",
+        f"| answers checked for freshness after recovery + TTL + 1 s | {report['answers_checked_for_freshness']:,} |",
+        f"| ... older than TTL + 1 s | {stale:,}"
+        + (
+            f" (on {len(report['stale_after_recovery_by_key'])} keys, up to "
+            f"{report['stale_after_recovery_max_lag_s']:.1f} s after the newer version was written; "
+            f"{report['stale_after_recovery_via'].get('refresh', 0)} to refresh=true)"
+            if stale
+            else ""
+        )
+        + " |",
+        f"| daemon log: warnings, errors | {log['warnings']}, {log['errors']} |",
+        f"| daemon exit code on SIGTERM | {report['daemon_exit_code']} |",
+        "",
+        "| phase kind | seconds | lookups | 200 | 404 | 503 | other | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    seconds = Counter[str]()
+    for phase in report["phases"]:
+        seconds[phase["label"]] += phase["end_s"] - phase["start_s"]
+    for kind in seconds:
+        data = report["latency_by_phase"].get(kind, {"lookups": 0, "outcomes": {}})  # none started in it
+        counts = [data["outcomes"].get(label, 0) for label in ("200", "404", "503", "undocumented")]
+        cells = [f"{seconds[kind]:.1f}", f"{data['lookups']:,}", *(f"{c:,}" for c in counts)]
+        cells += [f"{data[p]:.2f}" if p in data else "-" for p in ("p50_ms", "p99_ms")]
+        lines.append(f"| {kind} | {' | '.join(cells)} |")
+    resources = report["daemon_resources"]
+    rss, fds = resources.get("rss_kib", ["-", "-"]), resources.get("fds", ["-", "-"])
+    lines += [
+        "",
+        "| AWS calls per minute | all | " + " | ".join(APIS) + " |",
+        "|---|---:|" + "---:|" * len(APIS),
+        *(
+            f"| {where} | {sum(counts.values()) / minutes:.0f} | "
+            + " | ".join(f"{counts.get(api, 0) / minutes:.0f}" for api in APIS)
+            + " |"
+            for where, counts in (("at the fault layer", layer), ("at moto", calls["at_moto"]))
+        ),
+        "",
+        "| daemon | after warm-up (largest sample) | end (smallest sample) | change |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {name} | {pair[0]} | {pair[1]} | {change(pair)} |"
+            for name, pair in (("RSS KiB", rss), ("open fds", fds))
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def change(pair: list[Any]) -> str:
+    return "-" if "-" in pair else f"{100 * (pair[1] - pair[0]) / pair[0]:+.1f}%"
+
+
+def kill(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def tail(log: Any) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read().decode("utf-8", "replace")[-4000:]
+
+
+def tail_file(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text(encoding="utf-8", errors="replace")[-4000:]
+    return ""
+
+
+def progress(message: str) -> None:
+    print(f"  ... {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the run (default 60, at least 20)")
+    parser.add_argument("--clients", type=int, default=4, help="Airflow-like client processes (default 4)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"JSON report (default {DEFAULT_JSON})")
+    parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: run one client with this config
+    args = parser.parse_args(argv)
+    if args.client:
+        return run_client(args.client)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
