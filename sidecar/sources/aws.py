@@ -62,8 +62,8 @@ CREDENTIAL_CODES = frozenset(
 
 
 # botocore's retry mode. "adaptive" adds a client-side rate limiter that slows down while AWS
-# throttles: 0.9 calls/s instead of 15/s against a throttling AWS in tests/benchmarks/throttling.py,
-# every cached key still answered (stale); some requests wait up to the cache's stale-after for it.
+# throttles: 2.1 calls/s instead of 15/s in tests/benchmarks/throttling.py, cached keys answered
+# as fast (stale); a key with nothing cached waits in the limiter up to the request timeout.
 RETRY_MODE = "adaptive"
 
 

@@ -36,25 +36,31 @@ async def _run(mode: str, emulator: AwsEmulator, seconds: float, keys: int) -> d
         names = [f"cached{i}" for i in range(keys)]
         cold = [f"cold{i}" for i in range(keys)]
         statuses: Counter[str] = Counter()
+        latency: dict[str, list[float]] = {"cached": [], "cold": []}
         try:
             async with aiohttp.ClientSession(headers={"X-Sidecar-Token": TOKEN}) as http:
 
                 async def ask(key: str) -> int:
+                    started = time.perf_counter()
                     async with http.get(f"{daemon.url}/v1/variables/{key}") as response:
                         await response.read()
-                        return response.status
+                    latency["cached" if key.startswith("cached") else "cold"].append(time.perf_counter() - started)
+                    return response.status
 
                 for key in names:
                     assert await ask(key) == 200
                 await asyncio.sleep(1.1)  # every cached answer expires: only stale ones remain
                 proxy.set("*", "throttle")
                 proxy.reset_counts()
+                for samples in latency.values():
+                    samples.clear()
                 end = time.monotonic() + seconds
                 while time.monotonic() < end:
                     answers = await asyncio.gather(*(ask(key) for key in names + cold))
                     statuses.update(f"{'cached' if i < keys else 'cold'} {s}" for i, s in enumerate(answers))
                     await asyncio.sleep(0.1)
                 during = proxy.counts()
+                percentiles = {kind: _p50_p99(samples) for kind, samples in latency.items()}
                 proxy.clear()
                 recovered = time.monotonic()
                 while True:
@@ -70,8 +76,14 @@ async def _run(mode: str, emulator: AwsEmulator, seconds: float, keys: int) -> d
         "calls_during_outage": sum(during.values()),
         "calls_per_second": round(sum(during.values()) / seconds, 1),
         "answers": dict(sorted(statuses.items())),
+        "latency_ms_p50_p99": percentiles,
         "recovery_seconds": round(recovery, 2),
     }
+
+
+def _p50_p99(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return tuple(round(1000 * ordered[int(q * (len(ordered) - 1))], 1) for q in (0.5, 0.99))  # type: ignore[return-value]
 
 
 async def main(seconds: float, keys: int) -> list[dict[str, Any]]:
@@ -93,12 +105,14 @@ if __name__ == "__main__":
     parser.add_argument("--keys", type=int, default=20)
     options = parser.parse_args()
     results = asyncio.run(main(options.seconds, options.keys))
-    print("| retry mode | AWS calls during the outage | calls/s | answers (key kind, status: count) | recovery |")
-    print("|---|---:|---:|---|---:|")
+    print("| retry mode | AWS calls during the outage | calls/s | answers (key kind, status: count) "
+          "| cached p50 / p99 ms | cold p50 / p99 ms | recovery |")
+    print("|---|---:|---:|---|---:|---:|---:|")
     for row in results:
         answers = ", ".join(f"{k}: {v}" for k, v in row["answers"].items())
+        cached, cold = row["latency_ms_p50_p99"]["cached"], row["latency_ms_p50_p99"]["cold"]
         print(
             f"| {row['mode']} | {row['calls_during_outage']} | {row['calls_per_second']} | {answers} "
-            f"| {row['recovery_seconds']} s |"
+            f"| {cached[0]} / {cached[1]} | {cold[0]} / {cold[1]} | {row['recovery_seconds']} s |"
         )
     print(json.dumps(results))
