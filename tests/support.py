@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import socket
 import threading
 from collections import Counter
 from pathlib import Path
@@ -199,3 +200,19 @@ def airflow_env(home: Path, **settings: str) -> dict[str, str]:
         **settings,
     )
     return env
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def refused(port: int) -> bool:
+    """True when a connection to the loopback port is refused (nothing listens)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return False
+    except ConnectionRefusedError:
+        return True

@@ -26,7 +26,7 @@ from typing import IO, Any
 import pytest
 
 import sidecar
-from tests.support import REGION, TOKEN, AwsEmulator, DaemonThread, make_settings
+from tests.support import REGION, TOKEN, AwsEmulator, DaemonThread, free_port, make_settings, refused
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 20.0
@@ -55,18 +55,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0
     )
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return False
-    except ConnectionRefusedError:
-        return True
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

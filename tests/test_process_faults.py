@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,24 +23,12 @@ import pytest
 
 from sidecar.backend import SidecarError, SidecarSecretsBackend, SidecarUnreachable
 from sidecar.daemon import SHUTDOWN_GRACE
-from tests.support import FAKE_AWS_ENV, REGION, REPO, TOKEN, AwsEmulator
+from tests.support import FAKE_AWS_ENV, REGION, REPO, TOKEN, AwsEmulator, free_port, refused
 
 STARTUP_TIMEOUT = 20.0
 EXIT_TIMEOUT = 20.0
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def refused(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return False
-    except ConnectionRefusedError:
-        return True
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
