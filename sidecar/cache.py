@@ -105,6 +105,7 @@ class Cache:
             maxsize=max_entries, ttu=lambda _key, record, _now: _expiry(record, max_stale), timer=timer
         )
         self._tickets = itertools.count(1)
+        self._fetches: set[asyncio.Future[Answer]] = set()  # under way, for aclose()
         self._due: list[tuple[float, int, str]] = []  # (due time, generation, key): refresh-ahead
         self._outage: UpstreamError | None = None
         # The ticket of the first answer after an outage: back-offs from before it are over.
@@ -191,7 +192,7 @@ class Cache:
 
     async def aclose(self) -> None:
         """Cancel the fetches under way: nothing may use the AWS client after this."""
-        fetches = [record.fetch for record in list(self._records.values()) if record.fetch is not None]
+        fetches = list(self._fetches)
         for fetch in fetches:
             fetch.cancel()
         await asyncio.gather(*fetches, return_exceptions=True)
@@ -238,6 +239,8 @@ class Cache:
         fetch = asyncio.ensure_future(self._fetch_and_settle(key, self.ticket()))
         record.fetch = fetch
         record.stale_at = asyncio.get_running_loop().time() + self._stale_after
+        self._fetches.add(fetch)
+        fetch.add_done_callback(self._fetches.discard)
         fetch.add_done_callback(lambda done: _fetch_done(record, done))
         self._records[key] = record  # kept while the fetch is under way
         return fetch

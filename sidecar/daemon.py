@@ -72,6 +72,8 @@ class Daemon:
             timer=self._timer,
             jitter=self._jitter,
         )
+        # The exit stack closes in reverse: fetches under way are cancelled before the AWS client closes.
+        self._stack.push_async_callback(self.cache.aclose)
         self.catalog = Catalog(
             self.source,
             listed_prefixes(settings.store),
@@ -179,8 +181,6 @@ class Daemon:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if hasattr(self, "cache"):
-            await self.cache.aclose()  # fetches no request waits for any more
         await self._stack.aclose()
         path = self.settings.unix_socket
         # Only our own socket: never a file we refused to replace, nor another daemon's socket.

@@ -303,3 +303,17 @@ async def test_assumed_role_renewal_denied_keeps_the_valid_credentials_until_the
         sidecar.clock.advance(REFRESH_MIN_INTERVAL)
         assert (await sidecar.get("variables", "v", refresh=True))[:2] == (200, {"value": "as the role"})
     assert proxy.counts()["AssumeRole"] >= 4  # the first, then a renewal tried at each use
+
+
+async def test_stop_cancels_fetches_still_waiting_on_aws_before_the_client_closes(aws, proxy, start_sidecar):
+    aws.put("airflow/variables/known", "v")
+    sidecar = await start_sidecar(backend_kwargs=_via(proxy), ttl=300)
+    await sidecar.get("variables", "known")
+    sidecar.clock.advance(301)
+    proxy.set("*", "blackhole")
+    assert (await sidecar.get("variables", "known"))[2] == "stale"  # its fetch is still under way
+    await _wait(lambda: proxy.held() >= 1, "the fetch to reach AWS")
+
+    await sidecar.daemon.stop()
+    pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()]
+    assert pending == []
