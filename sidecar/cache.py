@@ -240,8 +240,7 @@ class Cache:
         record.fetch = fetch
         record.stale_at = asyncio.get_running_loop().time() + self._stale_after
         self._fetches.add(fetch)
-        fetch.add_done_callback(self._fetches.discard)
-        fetch.add_done_callback(lambda done: _fetch_done(record, done))
+        fetch.add_done_callback(lambda done: self._fetch_done(record, done))
         self._records[key] = record  # kept while the fetch is under way
         return fetch
 
@@ -308,6 +307,13 @@ class Cache:
                 self._max_stale,
             )
 
+    def _fetch_done(self, record: Record, fetch: asyncio.Future[Answer]) -> None:
+        self._fetches.discard(fetch)
+        if record.fetch is fetch:
+            record.fetch = None  # cancelled: settled fetches cleared it already
+        if not fetch.cancelled():
+            fetch.exception()  # retrieved: a failure nobody waited for is not an "unhandled" error
+
     def _outage_over(self, record: Record) -> bool:
         """The record backs off from an outage that has ended since: ask AWS again now."""
         return record.failure is not None and record.failure.transient and record.generation < self._recovered
@@ -335,10 +341,3 @@ def _expiry(record: Record, max_stale: float) -> float:
     if record.fetch is not None:
         return float("inf")
     return max(record.fresh_until + max_stale, record.retry_at + BACKOFF_MAX)
-
-
-def _fetch_done(record: Record, fetch: asyncio.Future[Answer]) -> None:
-    if record.fetch is fetch:
-        record.fetch = None
-    if not fetch.cancelled():
-        fetch.exception()  # retrieved: a failure nobody waited for is not an "unhandled" error
