@@ -37,11 +37,10 @@ try:
 except ImportError:  # a worker with only the Task SDK installed
     from airflow.sdk.bases.secrets_backend import BaseSecretsBackend  # type: ignore[no-redef]
 
+from sidecar.protocol import DEFAULT_HOST, DEFAULT_URL, TEAM_SEP, TOKEN_HEADER
+
 log = logging.getLogger(__name__)
 
-DEFAULT_URL = "http://127.0.0.1:2779"
-TOKEN_HEADER = "X-Sidecar-Token"
-TEAM_SEP = "--"
 PROVIDER_BACKENDS = {
     "secretsmanager": "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend",
     "ssm": "airflow.providers.amazon.aws.secrets.systems_manager.SystemsManagerParameterStoreBackend",
@@ -145,7 +144,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         parts = urlsplit(self.url)
         if self.unix_socket is None and (parts.scheme != "http" or not parts.hostname):
             raise SidecarError(f"backend_kwargs 'url' must look like {DEFAULT_URL}, got {self.url!r}")
-        self._host = parts.hostname or "127.0.0.1"
+        self._host = parts.hostname or DEFAULT_HOST
         self._port = parts.port or 80
         self.timeout = float(timeout)
         self._token_file = token_file or (None if token else os.environ.get("SIDECAR_TOKEN_FILE"))

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from sidecar import __version__
 from sidecar.config import ConfigError, Settings, load_settings
+from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, TOKEN_HEADER
 
 log = logging.getLogger("sidecar")
 
@@ -25,7 +26,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     """Daemon flags. Defaults are None so that unset flags fall through to SIDECAR_* variables."""
     add = parser.add_argument
     add("--host", help="address to listen on (default 127.0.0.1; SIDECAR_HOST)")
-    add("--port", help="port to listen on (default 2779; SIDECAR_PORT)")
+    add("--port", help=f"port to listen on (default {DEFAULT_PORT}; SIDECAR_PORT)")
     add("--unix-socket", help="listen on this Unix socket instead of TCP (SIDECAR_UNIX_SOCKET)")
     add("--unix-socket-group", help="group that may use the Unix socket (SIDECAR_UNIX_SOCKET_GROUP)")
     add("--allow-remote", action="store_const", const="true", help="allow a non-loopback --host")
@@ -62,12 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_flags(commands.add_parser("serve", help="run the daemon"))
     _serve_flags(commands.add_parser("check", help="validate the configuration and list the prefixes"))
     demo = commands.add_parser("demo", help="run the daemon against an embedded AWS emulation")
-    demo.add_argument("--port", default="2779", help="port for the daemon (default 2779)")
+    demo.add_argument("--port", default=str(DEFAULT_PORT), help=f"port for the daemon (default {DEFAULT_PORT})")
     get = commands.add_parser("get", help="ask a running daemon for one value (prints it)")
     get.add_argument("kind", choices=["variables", "connections", "config"])
     get.add_argument("key")
     get.add_argument("--team")
-    get.add_argument("--url", default=os.environ.get("SIDECAR_URL", "http://127.0.0.1:2779"))
+    get.add_argument("--url", default=os.environ.get("SIDECAR_URL", DEFAULT_URL))
     probe = commands.add_parser(
         "probe", help="exit 0 if the local daemon is live (--ready: ready); for container probes"
     )
@@ -176,7 +177,8 @@ def _probe(path: str) -> int:
             connection.settimeout(3)
             connection.connect(unix_socket)
         else:
-            address = (os.environ.get("SIDECAR_HOST") or "127.0.0.1", int(os.environ.get("SIDECAR_PORT") or 2779))
+            port = int(os.environ.get("SIDECAR_PORT") or DEFAULT_PORT)
+            address = (os.environ.get("SIDECAR_HOST") or DEFAULT_HOST, port)
             connection = socket.create_connection(address, timeout=3)
         with connection:
             connection.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
@@ -198,7 +200,7 @@ def _get(args: argparse.Namespace) -> int:
     if not token and os.environ.get("SIDECAR_TOKEN_FILE"):
         with open(os.environ["SIDECAR_TOKEN_FILE"], encoding="utf-8") as handle:
             token = handle.read().strip()
-    request = urllib.request.Request(args.url.rstrip("/") + path, headers={"X-Sidecar-Token": token})
+    request = urllib.request.Request(args.url.rstrip("/") + path, headers={TOKEN_HEADER: token})
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=10) as response:

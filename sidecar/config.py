@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT
+
 KINDS = ("variables", "connections", "config")
 SOURCES = ("secretsmanager", "ssm")
 
@@ -81,8 +83,8 @@ class StoreSettings:
 @dataclass(frozen=True)
 class Settings:
     store: StoreSettings
-    host: str = "127.0.0.1"
-    port: int = 2779
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
     unix_socket: str | None = None
     unix_socket_group: str | None = None
     allow_remote: bool = False
@@ -212,7 +214,7 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     source = _setting(args, environ, "source", _choice(*SOURCES), "secretsmanager")
     store = parse_backend_kwargs(_setting(args, environ, "backend_kwargs", _text, "{}"), source)
     ttl = _setting(args, environ, "ttl", _positive_float, 300.0)
-    host = _setting(args, environ, "host", _text, "127.0.0.1")
+    host = _setting(args, environ, "host", _text, DEFAULT_HOST)
     allow_remote = _setting(args, environ, "allow_remote", _bool, False)
     unix_socket = _setting(args, environ, "unix_socket", _text, None)
     if not unix_socket and not allow_remote and not _is_loopback(host):
@@ -225,7 +227,7 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     return Settings(
         store=store,
         host=host,
-        port=_setting(args, environ, "port", _port, 2779),
+        port=_setting(args, environ, "port", _port, DEFAULT_PORT),
         unix_socket=unix_socket,
         unix_socket_group=_setting(args, environ, "unix_socket_group", _group, None),
         allow_remote=allow_remote,

@@ -17,8 +17,7 @@ from typing import Any
 from sidecar.cache import Cache, Status
 from sidecar.catalog import Catalog
 from sidecar.config import StoreSettings
-
-TEAM_SEP = "--"
+from sidecar.protocol import TEAM_SEP
 
 # Each store's rule for names; anything else cannot exist, so it is a miss with no call.
 VALID_NAME = {

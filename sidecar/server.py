@@ -19,12 +19,12 @@ from aiohttp import web
 
 from sidecar.config import ConfigError, Settings, read_token_file
 from sidecar.metrics import Metrics
+from sidecar.protocol import TOKEN_HEADER
 from sidecar.resolver import InvalidSecret, InvalidTeam, Resolver
 from sidecar.sources import UpstreamError
 
 log = logging.getLogger(__name__)
 
-TOKEN_HEADER = "X-Sidecar-Token"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 SINGULAR = {"variables": "variable", "connections": "connection", "config": "config option"}
 TOKEN_RECHECK_SECONDS = 1.0
