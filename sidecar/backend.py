@@ -9,6 +9,8 @@ parsing, tasks, triggers) and must never pull in boto3, botocore, aiobotocore or
 kwargs: `url` (default `SIDECAR_URL` or http://127.0.0.1:2779), `unix_socket` (a path: used instead
 of TCP), `token` / `token_file` (default `SIDECAR_TOKEN` / `SIDECAR_TOKEN_FILE`), `timeout` (s),
 `startup_wait` (s the first lookup of a process waits for a daemon still starting, default 5),
+`autostart` (true, or the path of an `airflow-secrets-sidecar` executable: with `unix_socket`, start
+the daemon when none answers, once per socket however many processes race; see sidecar/autostart.py),
 `on_unavailable` ("error", or "direct": ask AWS through the provider backend when no daemon
 answers), `fallback_kwargs` (that backend's kwargs; default `SIDECAR_BACKEND_KWARGS`) and
 `source` ("secretsmanager" or "ssm": which provider backend).
@@ -37,6 +39,7 @@ try:
 except ImportError:  # a worker with only the Task SDK installed
     from airflow.sdk.bases.secrets_backend import BaseSecretsBackend  # type: ignore[no-redef]
 
+from sidecar import autostart as _autostart
 from sidecar.protocol import DEFAULT_HOST, DEFAULT_URL, TEAM_SEP, TOKEN_HEADER
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,7 @@ PROVIDER_BACKENDS = {
     "secretsmanager": "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend",
     "ssm": "airflow.providers.amazon.aws.secrets.systems_manager.SystemsManagerParameterStoreBackend",
 }
+AUTOSTART_RETRY = 10.0  # s after a failed autostart before this process tries again
 # After a 401 with a token file: re-read it and retry after these pauses (s), within `timeout`.
 # The daemon re-reads its own file on a mismatch at most every 0.1 s, and every second anyway.
 TOKEN_RETRY_PAUSES = (0.0, 0.05, 0.1, 0.2, 0.4)
@@ -57,6 +61,7 @@ KWARGS = (
     "token_file",
     "timeout",
     "startup_wait",
+    "autostart",
     "on_unavailable",
     "fallback_kwargs",
     "source",
@@ -116,6 +121,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         token_file: str | None = None,
         timeout: float = 10.0,
         startup_wait: float = 5.0,
+        autostart: bool | str = False,
         on_unavailable: str = "error",
         fallback_kwargs: dict[str, Any] | None = None,
         source: str | None = None,
@@ -149,9 +155,28 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         self.timeout = float(timeout)
         self._token_file = token_file or (None if token else os.environ.get("SIDECAR_TOKEN_FILE"))
         self._token = token or os.environ.get("SIDECAR_TOKEN") or ""
-        if self._token_file:
+        self.autostart = autostart
+        self._start_failure: tuple[float, str] | None = None
+        if autostart is not False:
+            self._check_autostart()
+            if not self._token_file and not self._token:
+                self._token_file = _autostart.token_path(self.unix_socket)  # generated at the first start
+        if self._token_file and (autostart is False or os.path.exists(self._token_file)):
             self._token = self._read_token_file()
         self._local = threading.local()
+
+    def _check_autostart(self) -> None:
+        autostart = self.autostart
+        if not (autostart is True or (isinstance(autostart, str) and os.path.isabs(autostart))):
+            raise SidecarError(
+                "backend_kwargs 'autostart' must be true, false or the absolute path of an "
+                f"airflow-secrets-sidecar executable, got {autostart!r}"
+            )
+        if not self.unix_socket:
+            raise SidecarError(
+                "backend_kwargs 'autostart' needs 'unix_socket' too: a path in a directory of its own, "
+                "such as /tmp/airflow-secrets-sidecar/sidecar.sock"
+            )
 
     # --- Airflow's interface ---
 
@@ -235,10 +260,15 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         """GET `path`: status, body, Retry-After. The first lookup of a process waits up to `startup_wait`."""
         deadline = time.monotonic() + (0 if self._reached else self.startup_wait)
         pause = 0.05
+        started = False
         while True:
             try:
                 answer = self._request_once(path)
             except SidecarUnreachable:
+                if self.autostart is not False and not started:
+                    self._start_daemon()  # returns once a daemon listens
+                    started = True
+                    continue
                 if time.monotonic() + pause > deadline:
                     self._reached = True  # waited once: later lookups fail (or fall back) at once
                     raise
@@ -288,6 +318,27 @@ class SidecarSecretsBackend(BaseSecretsBackend):
             connection = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
         local.connection, local.pid = connection, os.getpid()
         return connection, False
+
+    def _start_daemon(self) -> None:
+        """Start the daemon (or wait for the process starting it); SidecarUnreachable if it does not come up."""
+        assert self.unix_socket
+        if self._start_failure and time.monotonic() - self._start_failure[0] < AUTOSTART_RETRY:
+            raise SidecarUnreachable(self._start_failure[1])
+        env = dict(os.environ)
+        if self._token_file:
+            env["SIDECAR_TOKEN_FILE"] = self._token_file
+            env.pop("SIDECAR_TOKEN", None)
+        else:
+            env["SIDECAR_TOKEN"] = self._token
+        try:
+            _autostart.ensure_running(self.unix_socket, _autostart.daemon_command(self.autostart), env)
+        except _autostart.StartError as exc:
+            message = f"no sidecar answered on {self._where}, and autostart could not start one: {exc}"
+            self._start_failure = (time.monotonic(), message)
+            raise SidecarUnreachable(message) from None
+        self._start_failure = None
+        if self._token_file:
+            self._token = self._read_token_file()  # generated by the first start, or rotated since
 
     def _ask_aws_directly(self, kind: str, key: str, team: str | None) -> str | None:
         """on_unavailable="direct": the provider backend, built once with `fallback_kwargs`."""
