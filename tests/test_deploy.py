@@ -28,11 +28,14 @@ from sidecar.config import _is_loopback, load_settings, parse_backend_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-YAML_FILES = sorted([*DEPLOY.rglob("*.yaml"), *DEPLOY.rglob("*.yml")])
+# Kubernetes manifests and Helm values; the astro compose override has tests of its own (test_compose.py).
+YAML_FILES = sorted(path for folder in ("helm", "kubernetes") for path in (DEPLOY / folder).rglob("*.y*ml"))
 SHELL_SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
 ENV_FILES = sorted(DEPLOY.rglob(".env*"))
 TEXT_FILES = sorted({*YAML_FILES, *SHELL_SCRIPTS, *ENV_FILES, *DEPLOY.rglob("Dockerfile*"), ROOT / "Dockerfile"})
 WRAPPER = DEPLOY / "astro" / "start-with-sidecar.sh"
+ASTRO_SNIPPET = DEPLOY / "astro" / "Dockerfile.snippet"
+ASTRO_ENV = DEPLOY / "astro" / ".env.example"
 
 # A whole SIDECAR_* name: not the tail of another variable (AIRFLOW_SECRETS_SIDECAR_WAIT), not `SIDECAR_*`.
 SETTING_NAME = re.compile(r"(?<![A-Z0-9_])SIDECAR_[A-Z0-9_]*[A-Z0-9]")
@@ -197,6 +200,35 @@ def test_shell_scripts_parse_and_are_executable(path: Path) -> None:
     result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert path.stat().st_mode & stat.S_IXUSR, f"chmod +x {path.relative_to(ROOT)}"
+
+
+# --- Astro: RUN lines and environment variables, no entrypoint ---
+
+
+def _instructions(dockerfile: Path) -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_astro_recipe_changes_no_entrypoint_and_installs_where_autostart_looks() -> None:
+    from sidecar.autostart import RECIPE_COMMAND, RECIPE_VENV
+
+    instructions = _instructions(ASTRO_SNIPPET)
+    assert {line.split()[0] for line in instructions} == {"FROM", "USER", "RUN"}
+    assert instructions[-1] == "USER astro", "hand the image back to Astro's user"
+    assert f"python -m venv {RECIPE_VENV}" in ASTRO_SNIPPET.read_text()
+    assert f"{RECIPE_VENV}/bin/pip install" in ASTRO_SNIPPET.read_text()
+    assert RECIPE_COMMAND.startswith(f"{RECIPE_VENV}/bin/")
+
+
+def test_the_astro_settings_build_an_autostarting_backend() -> None:
+    backend_module = pytest.importorskip("sidecar.backend")
+    env = _env_file(ASTRO_ENV)
+    kwargs = json.loads(env["AIRFLOW__SECRETS__BACKEND_KWARGS"])
+    backend = backend_module.SidecarSecretsBackend(**kwargs)  # raises on a bad combination
+    assert backend.autostart is True and backend.unix_socket == kwargs["unix_socket"]
+    assert Path(kwargs["unix_socket"]).parent.name == "airflow-secrets-sidecar", "a directory of its own"
 
 
 # --- the Astro wrapper, run for real ---
