@@ -10,10 +10,8 @@ import os
 import socket
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from sidecar import __version__
 from sidecar.config import ConfigError, Settings, load_settings
@@ -68,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("kind", choices=["variables", "connections", "config"])
     get.add_argument("key")
     get.add_argument("--team")
-    get.add_argument("--url", default=os.environ.get("SIDECAR_URL", DEFAULT_URL))
+    get.add_argument("--url", default=os.environ.get("SIDECAR_URL"), help=f"default: SIDECAR_URL or {DEFAULT_URL}")
+    get.add_argument("--unix-socket", help="ask over this Unix socket (default SIDECAR_UNIX_SOCKET, if no --url)")
     probe = commands.add_parser(
         "probe", help="exit 0 if the local daemon is live (--ready: ready); for container probes"
     )
@@ -168,51 +167,87 @@ async def _check(settings: Settings) -> int:
     return 0
 
 
-def _probe(path: str) -> int:
-    """GET `path` from the daemon this environment configures (SIDECAR_UNIX_SOCKET or _HOST/_PORT)."""
-    unix_socket = os.environ.get("SIDECAR_UNIX_SOCKET")
-    try:
-        if unix_socket:
-            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            connection.settimeout(3)
+def _daemon_get(path: str, token: str = "", url: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """GET `path` from the daemon this environment configures: SIDECAR_UNIX_SOCKET, else `url`,
+    else SIDECAR_HOST / SIDECAR_PORT. HTTP/1.0, so the daemon closes the connection after its answer."""
+    unix_socket = os.environ.get("SIDECAR_UNIX_SOCKET") if url is None else None
+    if unix_socket:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        connection.settimeout(10)
+        try:
             connection.connect(unix_socket)
-        else:
-            port = int(os.environ.get("SIDECAR_PORT") or DEFAULT_PORT)
-            address = (os.environ.get("SIDECAR_HOST") or DEFAULT_HOST, port)
-            connection = socket.create_connection(address, timeout=3)
-        with connection:
-            connection.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
-            status_line = connection.recv(64).split(b"\r\n", 1)[0]
-    except (OSError, ValueError) as exc:
-        print(f"{path}: {exc}", file=sys.stderr)
+        except OSError:
+            connection.close()
+            raise
+    else:
+        parts = urlsplit(url or f"http://{os.environ.get('SIDECAR_HOST') or DEFAULT_HOST}:{_env_port()}")
+        connection = socket.create_connection((parts.hostname or DEFAULT_HOST, parts.port or 80), timeout=10)
+    with connection:
+        token_line = f"{TOKEN_HEADER}: {token}\r\n" if token else ""
+        connection.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n{token_line}\r\n".encode())
+        response = b"".join(iter(lambda: connection.recv(65536), b""))
+    head, _, body = response.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
+    return int(status_line.split(" ", 2)[1]), headers, body
+
+
+def _env_port() -> int:
+    return int(os.environ.get("SIDECAR_PORT") or DEFAULT_PORT)
+
+
+def _where(url: str | None) -> str:
+    if url is None and os.environ.get("SIDECAR_UNIX_SOCKET"):
+        return f"unix socket {os.environ['SIDECAR_UNIX_SOCKET']}"
+    return url or f"{os.environ.get('SIDECAR_HOST') or DEFAULT_HOST}:{_env_port()}"
+
+
+def _probe(path: str) -> int:
+    """Exit 0 when the local daemon answers `path` with 200; else say why on stderr."""
+    try:
+        status, _, body = _daemon_get(path)
+    except (OSError, ValueError, IndexError) as exc:
+        print(f"{path}: no answer from the sidecar at {_where(None)}: {exc}", file=sys.stderr)
         return 1
-    healthy = status_line.startswith(b"HTTP/1.1 200") or status_line.startswith(b"HTTP/1.0 200")
-    if not healthy:
-        print(f"{path}: {status_line.decode('latin-1')}", file=sys.stderr)
-    return 0 if healthy else 1
+    if status != 200:
+        print(f"{path}: {status} {body.decode('utf-8', 'replace')}", file=sys.stderr)
+    return 0 if status == 200 else 1
+
+
+def _token_for_get() -> str:
+    """SIDECAR_TOKEN, SIDECAR_TOKEN_FILE, or the token autostart generated beside SIDECAR_UNIX_SOCKET."""
+    if os.environ.get("SIDECAR_TOKEN"):
+        return os.environ["SIDECAR_TOKEN"]
+    path = os.environ.get("SIDECAR_TOKEN_FILE")
+    if not path and os.environ.get("SIDECAR_UNIX_SOCKET"):
+        from sidecar.autostart import token_path
+
+        path = token_path(os.environ["SIDECAR_UNIX_SOCKET"])
+        if not os.path.exists(path):
+            return ""
+    if not path:
+        return ""
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().strip()
 
 
 def _get(args: argparse.Namespace) -> int:
     path = f"/v1/{args.kind}/{quote(args.key, safe='')}"
     if args.team:
         path += f"?team={quote(args.team, safe='')}"
-    token = os.environ.get("SIDECAR_TOKEN", "")
-    if not token and os.environ.get("SIDECAR_TOKEN_FILE"):
-        with open(os.environ["SIDECAR_TOKEN_FILE"], encoding="utf-8") as handle:
-            token = handle.read().strip()
-    request = urllib.request.Request(args.url.rstrip("/") + path, headers={TOKEN_HEADER: token})
+    if args.unix_socket:
+        os.environ["SIDECAR_UNIX_SOCKET"] = args.unix_socket
     started = time.perf_counter()
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            body = json.load(response)
-            print(body["value"])
-            print(
-                f"({response.headers.get('X-Cache')}, {1000 * (time.perf_counter() - started):.1f} ms)", file=sys.stderr
-            )
-            return 0
-    except urllib.error.HTTPError as exc:
-        print(f"{exc.code}: {exc.read().decode('utf-8', 'replace')}", file=sys.stderr)
-        return 1 if exc.code == 404 else 2
-    except OSError as exc:
-        print(f"cannot reach the sidecar at {args.url}: {exc}", file=sys.stderr)
+        status, headers, body = _daemon_get(path, _token_for_get(), args.url)
+    except (OSError, ValueError, IndexError) as exc:
+        print(f"cannot reach the sidecar at {_where(args.url)}: {exc}", file=sys.stderr)
         return 2
+    took = f"{1000 * (time.perf_counter() - started):.1f} ms"
+    if status == 200:
+        print(json.loads(body)["value"])
+        print(f"({headers.get('X-Cache')}, {took})", file=sys.stderr)
+        return 0
+    cache = f", X-Cache: {headers['X-Cache']}" if "X-Cache" in headers else ""
+    print(f"{status}{cache}: {body.decode('utf-8', 'replace')}", file=sys.stderr)
+    return 1 if status == 404 else 2

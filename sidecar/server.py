@@ -188,7 +188,9 @@ def build_app(
         headers = {"X-Cache": status.value}
         if value is None:
             return web.json_response(
-                {"error": "not_found", "message": f"no such {SINGULAR[kind]}"}, status=404, headers=headers
+                {"error": "not_found", "message": _not_found(kind, resolver.names(kind, key, team))},
+                status=404,
+                headers=headers,
             )
         return web.json_response({"value": value}, headers=headers)
 
@@ -212,3 +214,13 @@ def build_app(
     app.router.add_get("/metrics", prometheus, allow_head=False)
     app.router.add_get(r"/v1/{kind:variables|connections|config}/{key}", lookup, allow_head=False)
     return app
+
+
+def _not_found(kind: str, names: list[str]) -> str:
+    """Which secret names were tried: what an operator needs to fix a prefix or a name."""
+    if not names:
+        return (
+            f"no such {SINGULAR[kind]}: no secret name may be looked up for this key (its kind's prefix is "
+            "null, its lookup_pattern does not match, or the key is not a valid name)"
+        )
+    return f"no such {SINGULAR[kind]}: no secret named {' or '.join(names)}"

@@ -192,3 +192,21 @@ def test_a_configured_token_file_is_the_daemons_too(aws, daemon_env, run_dir, tm
     assert _backend(run_dir, token="t" * 32).get_variable("greeting") == "hello"
     with pytest.raises(SidecarError, match="refused the token"):
         _backend(run_dir, token="u" * 32).get_variable("greeting")
+
+
+def test_the_cli_finds_an_autostarted_daemon_and_its_token(aws, daemon_env, run_dir):
+    """What the README's troubleshooting section tells an operator to run inside the container."""
+    aws.put("airflow/variables/greeting", "hello")
+    unix_socket = str(run_dir / "s.sock")
+    assert _backend(run_dir).get_variable("greeting") == "hello"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "SIDECAR_UNIX_SOCKET": unix_socket}
+        return subprocess.run([sys.executable, "-m", "sidecar", *args], env=env, capture_output=True, text=True)
+
+    found = cli("get", "variables", "greeting")
+    assert (found.returncode, found.stdout) == (0, "hello\n"), found.stderr
+    missing = cli("get", "variables", "absent")
+    assert missing.returncode == 1
+    assert "404, X-Cache: " in missing.stderr and "no secret named airflow/variables/absent" in missing.stderr
+    assert cli("probe").returncode == 0
