@@ -39,7 +39,6 @@ try:
 except ImportError:  # a worker with only the Task SDK installed
     from airflow.sdk.bases.secrets_backend import BaseSecretsBackend  # type: ignore[no-redef]
 
-from sidecar import autostart as _autostart
 from sidecar.protocol import DEFAULT_HOST, DEFAULT_URL, TEAM_SEP, TOKEN_HEADER
 
 log = logging.getLogger(__name__)
@@ -160,7 +159,9 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         if autostart is not False:
             self._check_autostart()
             if not self._token_file and not self._token:
-                self._token_file = _autostart.token_path(self.unix_socket)  # generated at the first start
+                from sidecar.autostart import token_path  # only here: it imports subprocess
+
+                self._token_file = token_path(self.unix_socket)  # generated at the first start
         if self._token_file and (autostart is False or os.path.exists(self._token_file)):
             self._token = self._read_token_file()
         self._local = threading.local()
@@ -321,6 +322,8 @@ class SidecarSecretsBackend(BaseSecretsBackend):
 
     def _start_daemon(self) -> None:
         """Start the daemon (or wait for the process starting it); SidecarUnreachable if it does not come up."""
+        from sidecar import autostart
+
         assert self.unix_socket
         if self._start_failure and time.monotonic() - self._start_failure[0] < AUTOSTART_RETRY:
             raise SidecarUnreachable(self._start_failure[1])
@@ -331,8 +334,8 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         else:
             env["SIDECAR_TOKEN"] = self._token
         try:
-            _autostart.ensure_running(self.unix_socket, _autostart.daemon_command(self.autostart), env)
-        except _autostart.StartError as exc:
+            autostart.ensure_running(self.unix_socket, autostart.daemon_command(self.autostart), env)
+        except autostart.StartError as exc:
             message = f"no sidecar answered on {self._where}, and autostart could not start one: {exc}"
             self._start_failure = (time.monotonic(), message)
             raise SidecarUnreachable(message) from None
