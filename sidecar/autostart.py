@@ -73,14 +73,15 @@ def daemon_command(autostart: bool | str) -> list[str]:
     )
 
 
-def ensure_running(unix_socket: str, command: list[str], env: dict[str, str], wait: float = START_WAIT) -> None:
-    """Return once a daemon listens on `unix_socket`, starting one if nobody does. Raises StartError."""
+def ensure_running(unix_socket: str, command: list[str], env: dict[str, str], wait: float = START_WAIT) -> int | None:
+    """Return once a daemon listens on `unix_socket`, starting one if nobody does: the pid of the daemon
+    this call started, None if another process did. Raises StartError."""
     directory = os.path.dirname(os.path.abspath(unix_socket))
     _private_directory(directory)
     deadline = time.monotonic() + wait
     with _locked(unix_socket + ".lock", deadline):
         if listens(unix_socket):  # a racing process started it while we waited for the lock
-            return
+            return None
         token_file = env.get("SIDECAR_TOKEN_FILE")
         if token_file == token_path(unix_socket) and not os.path.exists(token_file):
             _write_private(token_file, secrets.token_urlsafe(32) + "\n")
@@ -94,6 +95,7 @@ def ensure_running(unix_socket: str, command: list[str], env: dict[str, str], wa
                     f"within {wait:g}s{_log_tail(unix_socket)}"
                 )
             time.sleep(POLL)
+        return pid
 
 
 def _private_directory(directory: str) -> None:

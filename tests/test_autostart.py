@@ -5,6 +5,7 @@ before each test, and each test kills the one it caused."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import stat
@@ -130,11 +131,14 @@ def test_two_fresh_airflow_processes_race_and_share_one_daemon(aws, daemon_env, 
     assert stat.S_IMODE((run_dir / "token").stat().st_mode) == 0o600
 
 
-def test_the_daemon_outlives_its_starter_and_a_crashed_one_is_started_again(aws, daemon_env, run_dir):
+def test_the_daemon_outlives_its_starter_and_a_crashed_one_is_started_again(aws, daemon_env, run_dir, caplog):
+    caplog.set_level(logging.INFO, logger="sidecar.backend")
     aws.put("airflow/variables/greeting", "v1")
     assert _backend(run_dir).get_variable("greeting") == "v1"
     first = _daemons(str(run_dir / "s.sock"))
     assert len(first) == 1
+    # Airflow's task log says where the daemon's own log is.
+    assert f"started the sidecar daemon (pid {first[0]})" in caplog.text and str(run_dir / "sidecar.log") in caplog.text
     os.kill(first[0], signal.SIGKILL)
     _wait_until_gone(first[0])
 
