@@ -245,8 +245,12 @@ def test_wrapper_runs_the_command_unchanged_when_airflow_does_not_use_the_sideca
     assert result.returncode == 7
 
 
-def test_wrapper_stops_before_airflow_when_the_daemon_cannot_start() -> None:
-    env = _wrapper_env(AIRFLOW__SECRETS__BACKEND=BACKEND_CLASS, SIDECAR_BACKEND_KWARGS="not json")
+def test_wrapper_stops_before_airflow_when_the_daemon_cannot_start(tmp_path: Path) -> None:
+    env = _wrapper_env(
+        TMPDIR=str(tmp_path),  # where the wrapper writes its generated token
+        AIRFLOW__SECRETS__BACKEND=BACKEND_CLASS,
+        SIDECAR_BACKEND_KWARGS="not json",
+    )
     result = subprocess.run(["bash", str(WRAPPER), "echo", "airflow ran"], env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "airflow ran" not in result.stdout
