@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-airflow2 lint bench soak constraints clean
+.PHONY: demo test test-airflow2 test-image lint bench soak constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ $(AIRFLOW2_VENV)/.installed: tests/airflow2/requirements.txt pyproject.toml | $(
 
 test-airflow2: $(VENV)/.dev-installed $(AIRFLOW2_VENV)/.installed
 	AIRFLOW2_PYTHON=$(AIRFLOW2_VENV)/bin/python $(BIN)/python -m tests.airflow2.run
+
+# The Docker image, built and run for real. On a Debian machine as root (CI), tests/image/prepare.sh
+# installs docker.io and debootstrap, starts dockerd, and builds the base image once: no registry
+# is reachable there. Elsewhere, IMAGE_BASE=python:3.12-slim (the Dockerfile's default) with a
+# Docker engine already running.
+IMAGE_BASE ?= airflow-secrets-sidecar-base:bookworm
+test-image: $(VENV)/.dev-installed
+	if [ "$(IMAGE_BASE)" = airflow-secrets-sidecar-base:bookworm ]; then tests/image/prepare.sh $(IMAGE_BASE); fi
+	SIDECAR_TEST_BASE_IMAGE=$(IMAGE_BASE) $(BIN)/python -m pytest -p no:cacheprovider -s tests/image/image_checks.py
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.benchmarks.run
