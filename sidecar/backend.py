@@ -22,14 +22,11 @@ at most a second: the daemon and this process may see a rotated file at slightly
 
 from __future__ import annotations
 
-import http.client
 import importlib
 import json
 import logging
 import math
 import os
-import socket
-import threading
 import time
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -39,6 +36,7 @@ try:
 except ImportError:  # a worker with only the Task SDK installed
     from airflow.sdk.bases.secrets_backend import BaseSecretsBackend  # type: ignore[no-redef]
 
+from sidecar import client
 from sidecar.protocol import DEFAULT_HOST, DEFAULT_URL, TEAM_SEP, TOKEN_HEADER
 
 log = logging.getLogger(__name__)
@@ -93,22 +91,6 @@ def _busy_pause(retry_after: str | None) -> float:
     return BUSY_PAUSE if math.isnan(seconds) else max(seconds, MIN_BUSY_PAUSE)
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class SidecarSecretsBackend(BaseSecretsBackend):
     """Variables, connections and config from the airflow-secrets-sidecar daemon."""
 
@@ -149,8 +131,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         parts = urlsplit(self.url)
         if self.unix_socket is None and (parts.scheme != "http" or not parts.hostname):
             raise SidecarError(f"backend_kwargs 'url' must look like {DEFAULT_URL}, got {self.url!r}")
-        self._host = parts.hostname or DEFAULT_HOST
-        self._port = parts.port or 80
+        self._address: client.Address = self.unix_socket or (parts.hostname or DEFAULT_HOST, parts.port or 80)
         self.timeout = float(timeout)
         self._token_file = token_file or (None if token else os.environ.get("SIDECAR_TOKEN_FILE"))
         self._token = token or os.environ.get("SIDECAR_TOKEN") or ""
@@ -164,7 +145,8 @@ class SidecarSecretsBackend(BaseSecretsBackend):
                 self._token_file = token_path(self.unix_socket)  # generated at the first start
         if self._token_file and (autostart is False or os.path.exists(self._token_file)):
             self._token = self._read_token_file()
-        self._local = threading.local()
+        self._request_token: str | None = None  # the token the prebuilt request tail carries
+        self._request_tail = b""
 
     def _check_autostart(self) -> None:
         autostart = self.autostart
@@ -280,45 +262,23 @@ class SidecarSecretsBackend(BaseSecretsBackend):
             return answer
 
     def _request_once(self, path: str) -> tuple[int, bytes, str | None]:
-        """GET `path` on this thread's keep-alive connection; reconnect once if it was dropped."""
-        headers = {TOKEN_HEADER: self._token} if self._token else {}
-        for attempt in (1, 2):
-            connection, reused = self._connection()
-            try:
-                connection.request("GET", path, headers=headers)
-                response = connection.getresponse()
-                body = response.read()
-            except (http.client.HTTPException, OSError) as exc:
-                connection.close()
-                self._local.connection = None
-                # A reused connection may have been closed by the daemon while idle: retry once.
-                if reused and attempt == 1 and not isinstance(exc, TimeoutError):
-                    continue
-                # Refused, or no socket file: nobody listens (yet). Anything else is a sick daemon.
-                unreachable = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
-                raise (SidecarUnreachable if unreachable else SidecarError)(
-                    f"cannot reach the sidecar at {self._where} ({type(exc).__name__}: {exc}): "
-                    "is `airflow-secrets-sidecar serve` running, and do backend_kwargs 'url' / "
-                    "'unix_socket' point at it?"
-                ) from None
-            if response.will_close:
-                connection.close()
-                self._local.connection = None
-            return response.status, body, response.getheader("Retry-After")
-        raise AssertionError("unreachable")
-
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection, and whether it was used before. Never shared across a fork."""
-        local = self._local
-        connection = getattr(local, "connection", None)
-        if connection is not None and local.pid == os.getpid():
-            return connection, True
-        if self.unix_socket:
-            connection = _UnixHTTPConnection(self.unix_socket, self.timeout)
-        else:
-            connection = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
-        local.connection, local.pid = connection, os.getpid()
-        return connection, False
+        """GET `path` on this thread's keep-alive connection to the daemon."""
+        if self._token != self._request_token:  # first use, or a re-read token file
+            header = f"{TOKEN_HEADER}: {self._token}\r\n" if self._token else ""
+            self._request_tail = f" HTTP/1.1\r\nHost: localhost\r\n{header}\r\n".encode()
+            self._request_token = self._token
+        try:
+            return client.get(self._address, b"GET " + path.encode() + self._request_tail, self.timeout)
+        except client.ProtocolError as exc:
+            raise SidecarError(f"the sidecar at {self._where} sent a malformed answer: {exc}") from None
+        except OSError as exc:
+            # Refused, or no socket file: nobody listens (yet). Anything else is a sick daemon.
+            unreachable = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
+            raise (SidecarUnreachable if unreachable else SidecarError)(
+                f"cannot reach the sidecar at {self._where} ({type(exc).__name__}: {exc}): "
+                "is `airflow-secrets-sidecar serve` running, and do backend_kwargs 'url' / "
+                "'unix_socket' point at it?"
+            ) from None
 
     def _start_daemon(self) -> None:
         """Start the daemon (or wait for the process starting it); SidecarUnreachable if it does not come up."""

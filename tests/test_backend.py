@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from sidecar import client
 from sidecar.backend import TOKEN_RETRY_PAUSES, SidecarError, SidecarSecretsBackend
 from sidecar.config import Settings
 from sidecar.server import TOKEN_MISMATCH_RECHECK_SECONDS, TOKEN_RECHECK_SECONDS
@@ -316,7 +317,7 @@ def test_lookups_from_one_thread_share_one_connection(aws, start_daemon, relays)
     for _ in range(50):
         assert backend.get_variable("v") == "x"
         assert backend.get_variable("absent") is None  # a 404 keeps the connection too
-        local_ports.add(backend._local.connection.sock.getsockname()[1])
+        local_ports.add(client.connection_port(backend._address))
 
     assert relay.connections == 1
     assert local_ports == set(relay.client_ports)
@@ -393,14 +394,14 @@ def test_a_daemon_restarted_on_the_same_port_is_reached_again(aws, start_daemon)
     first = start_daemon()
     backend = SidecarSecretsBackend(url=first.url, token=TOKEN)
     assert backend.get_variable("v") == "x"
-    first_port = backend._local.connection.sock.getsockname()[1]
+    first_port = client.connection_port(backend._address)
 
     first.stop()
     second = start_daemon(port=first.port)
 
     assert second.url == first.url
     assert backend.get_variable("v") == "x"
-    assert backend._local.connection.sock.getsockname()[1] != first_port
+    assert client.connection_port(backend._address) != first_port
 
 
 def test_a_daemon_that_went_away_is_an_error_not_a_retry_loop(aws, start_daemon):
@@ -692,9 +693,9 @@ def test_unix_socket_kwarg(aws, start_daemon, short_dir):
 
     assert backend.get_variable("v") == "over a unix socket"
     assert backend.get_variable("absent") is None
-    first = backend._local.connection.sock
+    first = client._connections()[path]
     assert backend.get_variable("v") == "over a unix socket"
-    assert backend._local.connection.sock is first  # kept alive
+    assert client._connections()[path] is first  # kept alive
 
 
 def test_unix_socket_not_there_names_the_socket_and_the_command(short_dir):

@@ -1,0 +1,151 @@
+"""A minimal keep-alive HTTP/1.1 client for our own daemon. Standard library only.
+
+The backend's lookups cost what this costs: `http.client` spends more parsing one response than
+the daemon spends answering it. So this speaks just what the daemon sends (a status line,
+headers, a body framed by `Content-Length`) and refuses anything else with a clear error: no
+chunked bodies, no head over 8 KiB.
+
+One connection per process, thread and address, kept at module level: Airflow versions that build
+a new backend object per lookup (3.0-3.2) still reuse it. A forked child never uses its parent's.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+# (host, port) for TCP, a path for a Unix socket.
+Address = tuple[str, int] | str
+
+MAX_HEAD = 8192
+MAX_BODY = 16 * 1024 * 1024  # a secret is at most 64 KiB; JSON escaping cannot make it this large
+RECV = 65536
+
+_local = threading.local()
+
+
+class ProtocolError(Exception):
+    """The daemon's answer is not the HTTP/1.1 this client speaks."""
+
+
+class _Closed(Exception):
+    """The daemon closed the connection before a whole response arrived."""
+
+
+def get(address: Address, request: bytes, timeout: float) -> tuple[int, bytes, str | None]:
+    """Send `request` (a whole GET) and return the status, the body and any Retry-After.
+
+    A kept-alive connection the daemon has closed while idle is replaced once. Raises OSError
+    when the daemon cannot be reached or does not answer within `timeout`, ProtocolError when it
+    answers something else than HTTP/1.1 with a Content-Length."""
+    for attempt in (1, 2):
+        sock, reused = _connection(address, timeout)
+        try:
+            sock.sendall(request)
+            status, body, retry_after, close = _read_response(sock)
+        except (OSError, _Closed) as exc:
+            _drop(address)
+            if reused and attempt == 1 and not isinstance(exc, TimeoutError):
+                continue
+            if isinstance(exc, _Closed):
+                raise ConnectionResetError("the sidecar closed the connection without an answer") from None
+            raise
+        except ProtocolError:
+            _drop(address)
+            raise
+        if close:
+            _drop(address)
+        return status, body, retry_after
+    raise AssertionError("unreachable")
+
+
+def connection_port(address: Address) -> int | None:
+    """The local port of this thread's connection to `address` (None: none open); for tests."""
+    sock = _connections().get(address)
+    return sock.getsockname()[1] if sock is not None and isinstance(address, tuple) else None
+
+
+def _connections() -> dict[Address, socket.socket]:
+    local = _local
+    if getattr(local, "pid", None) != os.getpid():  # a fork: the parent's sockets are not ours
+        local.pid = os.getpid()
+        local.connections = {}
+    connections: dict[Address, socket.socket] = local.connections
+    return connections
+
+
+def _connection(address: Address, timeout: float) -> tuple[socket.socket, bool]:
+    connections = _connections()
+    sock = connections.get(address)
+    if sock is not None:
+        if sock.gettimeout() != timeout:
+            sock.settimeout(timeout)
+        return sock, True
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+    else:
+        sock = socket.create_connection(address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connections[address] = sock
+    return sock, False
+
+
+def _drop(address: Address) -> None:
+    sock = _connections().pop(address, None)
+    if sock is not None:
+        sock.close()
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes, str | None, bool]:
+    """Status, body, Retry-After, and whether the daemon closes the connection after it."""
+    data = b""
+    while (end := data.find(b"\r\n\r\n")) < 0:
+        if len(data) > MAX_HEAD:
+            raise ProtocolError(f"a response head over {MAX_HEAD} bytes")
+        more = sock.recv(RECV)
+        if not more:
+            raise _Closed
+        data += more
+    lines = data[:end].split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    code = rest[:3]
+    if version not in (b"HTTP/1.1", b"HTTP/1.0") or not code.isdigit() or rest[3:4] not in (b" ", b""):
+        raise ProtocolError(f"not an HTTP/1.x status line: {lines[0][:40]!r}")
+    length = None
+    close = version == b"HTTP/1.0"
+    retry_after = None
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            raise ProtocolError(f"a malformed header line: {line[:40]!r}")
+        name = name.lower()
+        if name == b"content-length":
+            if not value.strip().isdigit():
+                raise ProtocolError(f"a malformed Content-Length: {value[:20]!r}")
+            length = int(value)
+        elif name == b"connection":
+            close = value.strip().lower() == b"close"
+        elif name == b"retry-after":
+            retry_after = value.strip().decode("latin-1")
+        elif name == b"transfer-encoding":
+            raise ProtocolError("a chunked response; the daemon always sends Content-Length")
+    if length is None:
+        raise ProtocolError("a response without Content-Length")
+    if length > MAX_BODY:
+        raise ProtocolError(f"a body of {length} bytes, over {MAX_BODY}")
+    body = data[end + 4 :]
+    while len(body) < length:
+        more = sock.recv(max(RECV, length - len(body)))
+        if not more:
+            raise _Closed
+        body += more
+    if len(body) > length:
+        raise ProtocolError("more bytes than its Content-Length")
+    return int(code), body, retry_after, close
