@@ -50,6 +50,14 @@ Answer = str | None
 Fetched = Mapping[str, Answer | UpstreamError]
 
 
+class _NotCached(enum.Enum):
+    NOT_CACHED = "not cached"
+
+
+# What `peek` returns when only `get` can tell: a fetch, a back-off or a stale answer is involved.
+NOT_CACHED = _NotCached.NOT_CACHED
+
+
 class Status(str, enum.Enum):
     HIT = "hit"
     MISS = "miss"
@@ -99,6 +107,7 @@ class Cache:
         self._max_stale = max_stale
         self._stale_after = stale_after
         self._metrics = metrics
+        self._counted = {"hit": metrics.lookups.labels("hit"), "negative_hit": metrics.lookups.labels("negative_hit")}
         self._timer = timer
         self._jitter = jitter
         self._records: TLRUCache[str, Record] = TLRUCache(
@@ -126,11 +135,9 @@ class Cache:
         if record is not None:
             if refresh and record.known and now - record.fetched_at < REFRESH_MIN_INTERVAL:
                 refresh = False  # fetched moments ago: that answer is as good as a new one
-            if record.known and not refresh and now < record.fresh_until:
-                if not record.read:
-                    self._mark_read(key, record, now)
-                self._metrics.lookups.labels("hit" if record.value is not None else "negative_hit").inc()
-                return record.value, Status.HIT
+            if not refresh and (value := self._fresh(key, record, now)) is not NOT_CACHED:
+                self.count_hit(value)
+                return value, Status.HIT
             if record.failure is not None and now < record.retry_at and not self._outage_over(record):
                 return self._stale_or_raise(key, record.failure)
         fetch = self._fetch_once(key, record)
@@ -148,6 +155,22 @@ class Cache:
             return self._stale_or_raise(key, error)
         self._metrics.lookups.labels("miss").inc()
         return value, Status.MISS
+
+    def peek(self, key: str) -> Answer | _NotCached:
+        """The fresh answer for `key` with nothing to await, or NOT_CACHED. Not counted in the
+        metrics: the caller counts it with `count_hit` once it has used it."""
+        record = self._records.get(key)
+        return NOT_CACHED if record is None else self._fresh(key, record, self._timer())
+
+    def count_hit(self, value: Answer) -> None:
+        self._counted["hit" if value is not None else "negative_hit"].inc()
+
+    def _fresh(self, key: str, record: Record, now: float) -> Answer | _NotCached:
+        if not record.known or now >= record.fresh_until:
+            return NOT_CACHED
+        if not record.read:
+            self._mark_read(key, record, now)
+        return record.value
 
     def put_many(self, results: Fetched, ticket: int) -> None:
         """Store results fetched elsewhere (warm-up, listing) by a fetch that took `ticket`."""

@@ -14,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from sidecar.cache import Cache, Status
+from sidecar.cache import NOT_CACHED, Answer, Cache, Status
 from sidecar.catalog import Catalog
 from sidecar.config import StoreSettings
 from sidecar.protocol import TEAM_SEP
@@ -40,6 +40,7 @@ CONN_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 _SEVERITY = {Status.HIT: 0, Status.MISS: 1, Status.STALE: 2}
+NORMALISED_MAX = 10000  # normalised connections kept; all dropped at once past it
 
 
 class InvalidSecret(Exception):
@@ -55,6 +56,7 @@ class Resolver:
         self._store = store
         self._cache = cache
         self._catalog = catalog
+        self._connections: dict[str, str] = {}  # stored connection value -> normalised
         self._conn_words = {field: words + store.extra_conn_words.get(field, ()) for field, words in CONN_WORDS.items()}
 
     def names(self, kind: str, key: str, team: str | None = None) -> list[str]:
@@ -77,6 +79,28 @@ class Resolver:
         valid = VALID_NAME[store.source]
         return [name for name in names if valid.fullmatch(name)]
 
+    def resolve_cached(self, kind: str, key: str, team: str | None = None) -> tuple[str | None, Status] | None:
+        """`resolve` from the cache and the listing alone, with nothing to await; None when only
+        `resolve` can answer (a fetch, a back-off or a stale answer is involved)."""
+        status = Status.HIT
+        hits: list[Answer] = []
+        answer = None
+        for name in self.names(kind, key, team):
+            absent = self._catalog.absent(name) if self._catalog is not None else None
+            if absent is not None:
+                status = max(status, absent, key=_SEVERITY.__getitem__)
+                continue
+            value = self._cache.peek(name)
+            if value is NOT_CACHED:
+                return None
+            hits.append(value)
+            if value is not None:
+                answer = self._normalised(value) if kind == "connections" else value
+                break
+        for value in hits:  # counted once the whole answer came from the cache
+            self._cache.count_hit(value)
+        return answer, status
+
     async def resolve(
         self, kind: str, key: str, team: str | None = None, refresh: bool = False
     ) -> tuple[str | None, Status]:
@@ -90,10 +114,19 @@ class Resolver:
             value, got = await self._cache.get(name, refresh=refresh)
             status = max(status, got, key=_SEVERITY.__getitem__)
             if value is not None:
-                if kind == "connections" and self._store.source == "secretsmanager":
-                    value = self._normalise_connection(value)
-                return value, status
+                return (self._normalised(value) if kind == "connections" else value), status
         return None, status
+
+    def _normalised(self, value: str) -> str:
+        """A connection as Airflow gets it, built once per stored value (a str caches its hash)."""
+        if self._store.source != "secretsmanager":
+            return value
+        normalised = self._connections.get(value)
+        if normalised is None:
+            if len(self._connections) >= NORMALISED_MAX:
+                self._connections.clear()
+            normalised = self._connections[value] = self._normalise_connection(value)
+        return normalised
 
     def _normalise_connection(self, value: str) -> str:
         """JSON connections get the provider's field aliases; URIs pass through untouched."""

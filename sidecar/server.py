@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
+from sidecar.cache import Status
 from sidecar.config import ConfigError, Settings, read_token_file
 from sidecar.metrics import Metrics
 from sidecar.protocol import TOKEN_HEADER
@@ -26,6 +29,8 @@ from sidecar.sources import UpstreamError
 log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+JSON = "application/json; charset=utf-8"
+FOUND_HEADERS = {status: {"Content-Type": JSON, "X-Cache": status.value} for status in Status}
 SINGULAR = {"variables": "variable", "connections": "connection", "config": "config option"}
 TOKEN_RECHECK_SECONDS = 1.0
 TOKEN_MISMATCH_RECHECK_SECONDS = 0.1
@@ -159,21 +164,40 @@ def build_app(
         finally:
             in_flight -= 1
 
+    timings: dict[tuple[str, int], Any] = {}  # the histogram's children, bound once per kind and status
+    bodies: dict[str, bytes] = {}  # value -> its encoded body: a hit encodes nothing
+
     async def lookup(request: web.Request) -> web.Response:
         kind = request.match_info["kind"]
         started = time.perf_counter()
         response = await _answer(request, kind)
-        metrics.requests.labels(kind, str(response.status)).observe(time.perf_counter() - started)
+        timing = timings.get((kind, response.status))
+        if timing is None:
+            timing = timings[kind, response.status] = metrics.requests.labels(kind, str(response.status))
+        timing.observe(time.perf_counter() - started)
         return response
+
+    def _found(value: str, status: Status) -> web.Response:
+        body = bodies.get(value)
+        if body is None:
+            if len(bodies) >= settings.max_entries:
+                bodies.clear()
+            body = bodies[value] = json.dumps({"value": value}).encode()
+        return web.Response(body=body, headers=FOUND_HEADERS[status])
 
     async def _answer(request: web.Request, kind: str) -> web.Response:
         key = request.match_info["key"]
         team = request.query.get("team") or None
         refresh = request.query.get("refresh", "").lower() in ("1", "true", "yes")
         try:
-            value, status = await asyncio.wait_for(
-                resolver.resolve(kind, key, team=team, refresh=refresh), settings.request_timeout
-            )
+            # A hit is answered with nothing awaited: no task, no timer (wait_for costs both).
+            cached = None if refresh else resolver.resolve_cached(kind, key, team)
+            if cached is not None:
+                value, status = cached
+            else:
+                value, status = await asyncio.wait_for(
+                    resolver.resolve(kind, key, team=team, refresh=refresh), settings.request_timeout
+                )
         except UpstreamError as exc:
             code = "upstream_unavailable" if exc.transient else "upstream_error"
             log.debug("%s %r: 503 %s", kind, key, exc.code)
@@ -185,14 +209,13 @@ def build_app(
         except InvalidTeam as exc:
             return error(400, "bad_request", str(exc))
         log.debug("%s %r: %s %s", kind, key, "found" if value is not None else "not found", status.value)
-        headers = {"X-Cache": status.value}
         if value is None:
             return web.json_response(
                 {"error": "not_found", "message": _not_found(kind, resolver.names(kind, key, team))},
                 status=404,
-                headers=headers,
+                headers={"X-Cache": status.value},
             )
-        return web.json_response({"value": value}, headers=headers)
+        return _found(value, status)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from typing import Any
 
 from tests.support import AwsEmulator
 
@@ -188,3 +190,28 @@ async def test_warm_up_waits_for_aws_and_readyz_says_why(aws, start_sidecar):
 def _upstream(sidecar, api: str, outcome: str) -> float:
     registry = sidecar.daemon.metrics.registry
     return registry.get_sample_value("sidecar_upstream_calls_total", {"api": api, "outcome": outcome}) or 0.0
+
+
+async def test_a_hit_is_answered_without_a_task_or_a_timer_and_counted_once(aws, start_sidecar, monkeypatch):
+    """The hot path: a cached answer (found, missing, team-scoped) never goes through wait_for."""
+    from sidecar import server
+
+    aws.put("airflow/variables/v", "x")
+    aws.put("airflow/connections/c", '{"user": "u", "engine": "http"}')
+    running = await start_sidecar()
+    for kind, key in (("variables", "v"), ("variables", "absent"), ("connections", "c")):
+        assert (await running.get(kind, key))[2] == "miss"
+
+    def no_wait_for(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a hit went through asyncio.wait_for")
+
+    monkeypatch.setattr(server.asyncio, "wait_for", no_wait_for)
+    calls = aws.total()
+    assert await running.get("variables", "v") == (200, {"value": "x"}, "hit")
+    assert (await running.get("variables", "absent"))[::2] == (404, "hit")
+    connection = await running.get("connections", "c")
+    assert json.loads(connection[1]["value"])["login"] == "u" and connection[2] == "hit"
+    assert aws.total() == calls
+    metrics = running.daemon.metrics.registry
+    assert metrics.get_sample_value("sidecar_cache_lookups_total", {"result": "hit"}) == 2
+    assert metrics.get_sample_value("sidecar_cache_lookups_total", {"result": "negative_hit"}) == 1
