@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -176,3 +177,33 @@ def test_the_image_holds_no_compiler_and_only_pinned_runtime_dependencies(image:
         if name.replace("_", "-") in pins and pins[name.replace("_", "-")] != version
     }
     assert not unpinned, f"versions that differ from constraints-dev.txt: {unpinned}"
+
+
+def test_docker_compose_config_takes_the_astro_override(tmp_path: Path) -> None:
+    """The `astro dev` recipe through a real Compose implementation (Debian's docker-compose):
+    astro-cli's project alone, then with deploy/astro/docker-compose.override.yml beside it."""
+    import yaml
+
+    from tests.test_compose import BASE, OVERRIDE, check_recipe
+
+    shutil.copy(BASE, tmp_path / "docker-compose.yml")
+    shutil.copy(ROOT / "deploy" / "astro" / ".env.example", tmp_path / ".env")
+    for folder in ("dags", "plugins", "include", "tests"):
+        (tmp_path / folder).mkdir()
+
+    def config() -> dict[str, Any]:
+        result = subprocess.run(
+            ["docker-compose", "config"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "HOME": str(tmp_path)},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        rendered: dict[str, Any] = yaml.safe_load(result.stdout)
+        return rendered
+
+    base = config()
+    shutil.copy(OVERRIDE, tmp_path / "docker-compose.override.yml")  # picked up by name, as astro-cli does
+    merged = config()
+    check_recipe(merged, base)
+    assert merged["services"]["scheduler"]["environment"]["AIRFLOW__SECRETS__BACKEND"] == (
+        "sidecar.backend.SidecarSecretsBackend"
+    )  # .env reaches the containers

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A Docker engine and a base image for `make test-image`, on a Debian machine as root (CI is a fresh
-# one): installs docker.io and debootstrap if missing, starts dockerd if none answers, and builds
+# one): installs docker.io, docker-compose and debootstrap if missing, starts dockerd if none answers, and builds
 # the base image once with debootstrap (no registry is reachable here), cached by its tag.
 #
 #   tests/image/prepare.sh <base-image-tag>
@@ -11,14 +11,16 @@ docker=/usr/bin/docker # Debian's client: its built-in BuildKit needs no buildx 
 dockerd_log=/var/log/airflow-secrets-sidecar-dockerd.log
 say() { echo "prepare.sh: $*" >&2; }
 
-if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || [[ ! -x $docker ]]; then
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v docker-compose >/dev/null ||
+    [[ ! -x $docker ]]; then
     if ((EUID != 0)); then
-        say "needs docker.io and debootstrap: run as root, or install them first"
+        say "needs docker.io, docker-compose and debootstrap: run as root, or install them first"
         exit 1
     fi
-    say "installing docker.io and debootstrap"
+    say "installing docker.io, docker-compose and debootstrap"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        docker.io docker-compose debootstrap >/dev/null
 fi
 
 # Wait for the engine's API, for at most $1 seconds.
