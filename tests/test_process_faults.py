@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import pytest
 
+from sidecar import client
 from sidecar.backend import SidecarError, SidecarSecretsBackend, SidecarUnreachable
 from sidecar.daemon import SHUTDOWN_GRACE
 from tests.support import FAKE_AWS_ENV, REGION, REPO, TOKEN, AwsEmulator, free_port, refused
@@ -161,8 +162,8 @@ def test_a_daemon_killed_and_restarted_on_its_port_serves_the_same_backend_again
     for thread in threads:
         assert thread.submit(backend.get_variable, "k0").result(timeout=10) == "value-0"
     assert backend.get_variable("k0") == "value-0"
-    kept = [thread.submit(lambda: backend._local.connection).result(timeout=10) for thread in threads]
-    assert all(connection is not None and connection.sock is not None for connection in kept)  # kept alive
+    kept = [thread.submit(client.connection_port, backend._address).result(timeout=10) for thread in threads]
+    assert all(port is not None for port in kept)  # kept alive
 
     first.popen.kill()
     assert first.wait() == -signal.SIGKILL
