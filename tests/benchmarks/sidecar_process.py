@@ -10,8 +10,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +60,7 @@ def sidecar_process(endpoint: str, **settings: str) -> Iterator[SidecarProcess]:
         SIDECAR_LOG_LEVEL="warning",
     )
     env.update({f"SIDECAR_{name.upper()}": value for name, value in settings.items()})
-    url = f"http://127.0.0.1:{port}"
+    url = f"unix:{settings['unix_socket']}" if "unix_socket" in settings else f"http://127.0.0.1:{port}"
     with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         process = subprocess.Popen(
@@ -85,14 +83,31 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, log: IO[bytes]) -> N
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the sidecar exited with {process.returncode} before it was ready:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
+        if _ready(url):
+            return
         time.sleep(0.02)
     raise RuntimeError(f"the sidecar was not ready after {READY_TIMEOUT:.0f}s:\n{_tail(log)}")
+
+
+def _ready(url: str) -> bool:
+    """GET /readyz answered 200, over TCP or the Unix socket."""
+    try:
+        if url.startswith("unix:"):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(2)
+            try:
+                sock.connect(url[len("unix:") :])
+            except OSError:
+                sock.close()
+                raise
+        else:
+            host, port = url[len("http://") :].rsplit(":", 1)
+            sock = socket.create_connection((host, int(port)), timeout=2)
+        with sock:
+            sock.sendall(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            return sock.recv(64).split(b" ", 2)[1:2] == [b"200"]
+    except OSError:
+        return False
 
 
 def _tail(log: IO[bytes]) -> str:

@@ -1,0 +1,252 @@
+"""S2: one warm variable hit, our backend against the floors, side by side in one run.
+
+    .venv/bin/python -m tests.benchmarks.floors [--requests 2000] [--rounds 5]
+
+Contenders, each asked for the same cached variable, one request at a time over one keep-alive
+connection: our backend over TCP and over the Unix socket; `http.client` and a raw socket to the
+daemon; `http.client` to a trivial aiohttp handler returning the same body (the naive floor); a raw
+socket to that handler; a raw socket to nginx returning it (the physical floor, when nginx is
+installed). Rounds interleave the contenders so drift on a shared machine hits all alike.
+Every answer is checked; timings are reported, never judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.benchmarks.report import summarize_us, table
+from tests.benchmarks.sidecar_process import aws_env, free_port, sidecar_process
+from tests.support import TOKEN, AwsEmulator
+
+KEY = "floor_probe"
+VALUE = "a warm value of moderate length: " + "x" * 40
+BODY = json.dumps({"value": VALUE})
+TARGET_P50 = 0.8  # of the naive floor
+TARGET_TAIL = 2.0  # p99 over its own p50
+
+Client = Callable[[], str]
+
+
+class WrongValue(AssertionError):
+    pass
+
+
+@contextlib.contextmanager
+def trivial_aiohttp() -> Iterator[int]:
+    """An aiohttp app with one handler that returns the body as the daemon would: the naive server."""
+    port = free_port()
+    script = textwrap.dedent(f"""
+        from aiohttp import web
+        BODY = {BODY.encode()!r}
+        async def handler(request):
+            return web.Response(body=BODY, content_type="application/json")
+        app = web.Application()
+        app.router.add_get("/v1/variables/{{key}}", handler)
+        web.run_app(app, host="127.0.0.1", port={port}, access_log=None, print=None)
+    """)
+    with _process([sys.executable, "-c", script], port):
+        yield port
+
+
+@contextlib.contextmanager
+def nginx() -> Iterator[int | None]:
+    """nginx answering the body from its config (None when nginx is not installed)."""
+    binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if binary is None:
+        yield None
+        return
+    port = free_port()
+    with tempfile.TemporaryDirectory() as prefix:
+        config = Path(prefix) / "nginx.conf"
+        config.write_text(textwrap.dedent(f"""
+            daemon off; worker_processes 1; pid {prefix}/nginx.pid; error_log stderr;
+            events {{}}
+            http {{
+                access_log off; keepalive_requests 10000000; keepalive_timeout 600s;
+                client_body_temp_path {prefix}; proxy_temp_path {prefix}; fastcgi_temp_path {prefix};
+                uwsgi_temp_path {prefix}; scgi_temp_path {prefix};
+                server {{
+                    listen 127.0.0.1:{port};
+                    location / {{ default_type application/json; return 200 '{BODY}'; }}
+                }}
+            }}
+        """))
+        with _process([binary, "-p", prefix, "-c", str(config), "-e", "stderr"], port):
+            yield port
+
+
+@contextlib.contextmanager
+def _process(command: list[str], port: int) -> Iterator[None]:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{command[0]} did not listen on {port}") from None
+                time.sleep(0.02)
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def raw_client(address: tuple[str, int] | str, token: str | None) -> Client:
+    """A keep-alive GET on a raw socket, parsing just enough: what a minimal client costs."""
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(address)
+    else:
+        sock = socket.create_connection(address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    header = f"X-Sidecar-Token: {token}\r\n" if token else ""
+    request = f"GET /v1/variables/{KEY} HTTP/1.1\r\nHost: localhost\r\n{header}\r\n".encode()
+
+    def get() -> str:
+        sock.sendall(request)
+        data = _recv(sock)
+        while (end := data.find(b"\r\n\r\n")) < 0:
+            data += _recv(sock)
+        head, body = data[:end], data[end + 4 :]
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += _recv(sock)
+        value: str = json.loads(body)["value"]
+        return value
+
+    return get
+
+
+def _recv(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise ConnectionError("the server closed the keep-alive connection")
+    return data
+
+
+def http_client(port: int, token: str | None) -> Client:
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+    headers = {"X-Sidecar-Token": token} if token else {}
+
+    def get() -> str:
+        connection.request("GET", f"/v1/variables/{KEY}", headers=headers)
+        value: str = json.loads(connection.getresponse().read())["value"]
+        return value
+
+    return get
+
+
+def measure(contenders: dict[str, Client], requests: int, rounds: int) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    clock = time.perf_counter
+    for name, get in contenders.items():  # warm every connection and cache first
+        for _ in range(200):
+            if get() != VALUE:
+                raise WrongValue(f"{name} returned a wrong value")
+    for _ in range(rounds):
+        for name, get in contenders.items():
+            times = samples[name]
+            for _ in range(requests):
+                started = clock()
+                value = get()
+                times.append((clock() - started) * 1e6)
+                if value != VALUE:
+                    raise WrongValue(f"{name} returned a wrong value")
+    return samples
+
+
+def run(requests: int = 2000, rounds: int = 5) -> dict[str, Any]:
+    from sidecar.backend import SidecarSecretsBackend  # imports Airflow: only when run
+
+    os.environ.update(aws_env())  # fake credentials: nothing here may reach real AWS
+    aws = AwsEmulator()
+    aws.start()
+    aws.put(f"airflow/variables/{KEY}", VALUE)
+    notes = []
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="floors-", dir="/tmp") as run_dir,
+            sidecar_process(aws.endpoint) as tcp,
+            sidecar_process(aws.endpoint, unix_socket=f"{run_dir}/s.sock") as unix,
+            trivial_aiohttp() as trivial,
+            nginx() as nginx_port,
+        ):
+            daemon = int(tcp.url.rsplit(":", 1)[1])
+            over_tcp = SidecarSecretsBackend(url=tcp.url, token=TOKEN)
+            over_unix = SidecarSecretsBackend(unix_socket=unix.url[len("unix:") :], token=TOKEN)
+            contenders: dict[str, Client] = {
+                "our backend -> daemon (TCP)": lambda: over_tcp.get_variable(KEY),
+                "our backend -> daemon (Unix socket)": lambda: over_unix.get_variable(KEY),
+                "http.client keep-alive -> daemon": http_client(daemon, TOKEN),
+                "raw keep-alive socket -> daemon": raw_client(("127.0.0.1", daemon), TOKEN),
+                "http.client -> trivial aiohttp handler (naive floor)": http_client(trivial, None),
+                "raw socket -> trivial aiohttp handler": raw_client(("127.0.0.1", trivial), None),
+            }
+            if nginx_port is not None:
+                contenders["raw socket -> nginx constant (physical floor)"] = raw_client(
+                    ("127.0.0.1", nginx_port), None
+                )
+            else:
+                notes.append("nginx not installed (apt-get install nginx-light): no physical floor in this run")
+            samples = measure(contenders, requests, rounds)
+    finally:
+        aws.stop()
+    summaries = {name: summarize_us(times) for name, times in samples.items()}
+    floor = summaries["http.client -> trivial aiohttp handler (naive floor)"]["p50_us"]
+    for summary in summaries.values():
+        summary["p50_over_floor"] = summary["p50_us"] / floor
+        summary["p99_over_p50"] = summary["p99_us"] / summary["p50_us"]
+    targets = {
+        name: summaries[name]["p50_over_floor"] <= TARGET_P50 and summaries[name]["p99_over_p50"] <= TARGET_TAIL
+        for name in ("our backend -> daemon (TCP)", "our backend -> daemon (Unix socket)")
+    }
+    return {"requests": requests, "rounds": rounds, "contenders": summaries, "s2_targets_met": targets, "notes": notes}
+
+
+def render(result: dict[str, Any]) -> str:
+    rows = [
+        [name, f"{s['p50_us']:.0f}", f"{s['p99_us']:.0f}", f"{s['p50_over_floor']:.2f}", f"{s['p99_over_p50']:.2f}"]
+        for name, s in result["contenders"].items()
+    ]
+    met = ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in result["s2_targets_met"].items())
+    notes = [f"S2 target: p50 <= {TARGET_P50}x the naive floor and p99 <= {TARGET_TAIL}x its own p50. {met}"]
+    return table(
+        f"S2: one warm variable hit ({result['rounds']} x {result['requests']} requests each, interleaved)",
+        ["path", "p50 us", "p99 us", "p50 / naive floor", "p99 / p50"],
+        rows,
+        notes + result["notes"],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.floors", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    result = run(args.requests, args.rounds)
+    print(render(result))
+    if args.output:
+        args.output.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
