@@ -107,7 +107,7 @@ class Cache:
         self._max_stale = max_stale
         self._stale_after = stale_after
         self._metrics = metrics
-        self._counted = {"hit": metrics.lookups.labels("hit"), "negative_hit": metrics.lookups.labels("negative_hit")}
+        self._lookups = metrics.lookups.counts
         self._timer = timer
         self._jitter = jitter
         self._records: TLRUCache[str, Record] = TLRUCache(
@@ -153,17 +153,20 @@ class Cache:
             value = await asyncio.shield(fetch)
         except UpstreamError as error:
             return self._stale_or_raise(key, error)
-        self._metrics.lookups.labels("miss").inc()
+        self._lookups["miss"] += 1
         return value, Status.MISS
 
     def peek(self, key: str) -> Answer | _NotCached:
         """The fresh answer for `key` with nothing to await, or NOT_CACHED. Not counted in the
         metrics: the caller counts it with `count_hit` once it has used it."""
-        record = self._records.get(key)
-        return NOT_CACHED if record is None else self._fresh(key, record, self._timer())
+        try:
+            record = self._records[key]  # not `get`: that asks the TLRU cache twice
+        except KeyError:
+            return NOT_CACHED
+        return self._fresh(key, record, self._timer())
 
     def count_hit(self, value: Answer) -> None:
-        self._counted["hit" if value is not None else "negative_hit"].inc()
+        self._lookups["hit" if value is not None else "negative_hit"] += 1
 
     def _fresh(self, key: str, record: Record, now: float) -> Answer | _NotCached:
         if not record.known or now >= record.fresh_until:
@@ -355,7 +358,7 @@ class Cache:
         record = self._records.get(key)
         if record is None or not self._servable(record, self._timer()):
             return None
-        self._metrics.lookups.labels("stale").inc()
+        self._lookups["stale"] += 1
         return record.value, Status.STALE
 
 

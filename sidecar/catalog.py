@@ -47,7 +47,7 @@ class Catalog:
     def absent(self, name: str) -> Status | None:
         """HIT when a fresh listing covers `name` and lacks it, STALE when only an old one does
         while AWS fails; None when no listing can tell."""
-        if self._listed_at is None:
+        if self._listed_at is None or name in self._names:  # the common case first: a listed name
             return None
         age = self._timer() - self._listed_at
         if age <= self._max_age:
@@ -59,7 +59,7 @@ class Catalog:
         name = name.partition(":")[0]  # a Parameter Store `name:version` exists if `name` does
         if name in self._names or not any(name.startswith(prefix) for prefix in self._prefixes):
             return None
-        self._metrics.lookups.labels("listed_absent" if status is Status.HIT else "stale").inc()
+        self._metrics.lookups.counts["listed_absent" if status is Status.HIT else "stale"] += 1
         return status
 
     async def refresh(self) -> dict[str, str | None]:
