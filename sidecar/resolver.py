@@ -40,7 +40,7 @@ CONN_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 _SEVERITY = {Status.HIT: 0, Status.MISS: 1, Status.STALE: 2}
-NORMALISED_MAX = 10000  # normalised connections kept; all dropped at once past it
+MEMO_MAX = 10000  # names and normalised connections remembered; all dropped at once past it
 
 
 class InvalidSecret(Exception):
@@ -57,16 +57,27 @@ class Resolver:
         self._cache = cache
         self._catalog = catalog
         self._connections: dict[str, str] = {}  # stored connection value -> normalised
+        self._names: dict[tuple[str, str, str | None], tuple[str, ...]] = {}  # (kind, key, team) -> names
         self._conn_words = {field: words + store.extra_conn_words.get(field, ()) for field, words in CONN_WORDS.items()}
 
-    def names(self, kind: str, key: str, team: str | None = None) -> list[str]:
-        """The secret names to try for `key`, in order; empty when none may be looked up."""
+    def names(self, kind: str, key: str, team: str | None = None) -> tuple[str, ...]:
+        """The secret names to try for `key`, in order; empty when none may be looked up.
+        Worked out once per key: a cache hit spends no time on patterns and formatting."""
+        names = self._names.get((kind, key, team))
+        if names is None:
+            names = self._names_for(kind, key, team)
+            if len(self._names) >= MEMO_MAX:
+                self._names.clear()
+            self._names[kind, key, team] = names
+        return names
+
+    def _names_for(self, kind: str, key: str, team: str | None) -> tuple[str, ...]:
         if team is not None and not VALID_TEAM.fullmatch(team):
             raise InvalidTeam("a team name is 1-50 characters of A-Z, a-z, 0-9, _ and -")
         store = self._store
         rule = store.kinds[kind]
         if rule.prefix is None or not rule.admits(key) or not _safe_key(key):
-            return []
+            return ()
         ids = [key]
         if team and kind != "config":  # config options are never team-scoped
             ids.insert(0, f"{team}{TEAM_SEP}{key}")
@@ -77,7 +88,7 @@ class Resolver:
         else:
             names = [key]  # a bare key has no team-scoped form
         valid = VALID_NAME[store.source]
-        return [name for name in names if valid.fullmatch(name)]
+        return tuple(name for name in names if valid.fullmatch(name))
 
     def resolve_cached(self, kind: str, key: str, team: str | None = None) -> tuple[str | None, Status] | None:
         """`resolve` from the cache and the listing alone, with nothing to await; None when only
@@ -123,7 +134,7 @@ class Resolver:
             return value
         normalised = self._connections.get(value)
         if normalised is None:
-            if len(self._connections) >= NORMALISED_MAX:
+            if len(self._connections) >= MEMO_MAX:
                 self._connections.clear()
             normalised = self._connections[value] = self._normalise_connection(value)
         return normalised
