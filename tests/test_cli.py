@@ -451,3 +451,27 @@ def test_probe_checks_liveness_and_readiness_of_the_local_daemon(aws):
         running.run(running.daemon.warm_up())
         assert probe("--ready") == 0
     assert probe() == 1  # nothing listens any more
+
+
+def test_the_daemon_process_reads_aws_without_importing_httpx(aws):
+    """httpx is installed here (Airflow needs it); the daemon's process must not load it (18 MB)."""
+    aws.put("airflow/variables/v", "x")
+    probe = f"""
+import asyncio, importlib.util, json, sys
+assert importlib.util.find_spec("httpx") is not None, "httpx is not installed: this test proves nothing"
+from sidecar.cli import skip_unused_imports
+skip_unused_imports()
+from sidecar.sources.aws import open_client
+from tests.support import make_settings
+async def main():
+    settings = make_settings({aws.endpoint!r})
+    async with open_client("secretsmanager", settings.store, 4) as client:
+        got = await client.get_secret_value(SecretId="airflow/variables/v")
+    assert got["SecretString"] == "x"
+asyncio.run(main())
+unused = ("httpx", "httpx2", "rich", "pygments")
+print(json.dumps(sorted(name for name, module in sys.modules.items() if module and name.split(".")[0] in unused)))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == []
