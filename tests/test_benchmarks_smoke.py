@@ -12,16 +12,27 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = {"environment", "settings", "warm_latency", "fresh_processes", "calls_per_day"}
+SECTIONS = {
+    "environment",
+    "settings",
+    "warm_latency",
+    "fresh_processes",
+    "calls_per_day",
+    "s2_floors",
+    "s3_throughput",
+    "s4_s5_capacity",
+}
+CONTENDERS = {"stock", "stock_use_cache", "aws_caching", "sidecar"}
 
 
 def test_quick_benchmark_run(tmp_path: Path) -> None:
     output = tmp_path / "x.json"
     command = [sys.executable, "-m", "tests.benchmarks.run", "--quick", "--latency-ms", "0", "--output", str(output)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
-    for title in ("1. Warm get_variable", "2a. AWS calls", "2b. Time", "3. AWS calls per day"):
+    for title in ("1. Warm get_variable", "2a. AWS calls", "2b. Time", "3. AWS calls per day", "S2:", "S3:", "S4:"):
         assert title in done.stdout
+    assert "| target | measured | goal |" in output.with_suffix(".md").read_text(encoding="utf-8")
 
     report = json.loads(output.read_text(encoding="utf-8"))
     assert report.keys() >= SECTIONS
@@ -31,8 +42,11 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
     warm = report["warm_latency"]
     assert [run["latency_ms"] for run in warm] == [0]
     for run in warm:
+        assert run["results"].keys() == CONTENDERS
         stock, sidecar = run["results"]["stock"], run["results"]["sidecar"]
         assert sum(sidecar["aws_calls"].values()) < sum(stock["aws_calls"].values())
+        # use_cache keeps found values only: each absent lookup still calls AWS
+        assert run["results"]["stock_use_cache"]["aws_calls_per_lookup"] >= 0.5
 
     fresh = report["fresh_processes"]
     stock_calls = fresh["stock"]["aws_calls_total"]
@@ -45,3 +59,9 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
     stock_day = sum(day["stock"]["calls_per_day_per_reading_process"].values())
     assert 0 < day["sidecar"]["calls_per_day_total"] < stock_day
     assert day["sidecar"]["reads"] > 0
+
+    capacity = report["s4_s5_capacity"]
+    assert capacity["s4"]["aws_calls"] == {"GetSecretValue": 1}  # the run fails otherwise; the report says so too
+    assert capacity["s5"]["entries"] == 500 and capacity["s5"]["rss_mb_full"] > 0
+    backends = {"our backend -> daemon (TCP)", "our backend -> daemon (Unix socket)"}
+    assert set(report["s2_floors"]["contenders"]) >= backends

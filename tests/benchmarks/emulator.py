@@ -7,7 +7,10 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from tests.support import AwsEmulator
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.secretsmanager.models import secretsmanager_backends
+
+from tests.support import REGION, AwsEmulator
 
 
 def client_family(user_agent: str) -> str:
@@ -64,8 +67,18 @@ class SlowAwsEmulator(AwsEmulator):
             return dict(sorted((api, count) for (who, api), count in self.by_client.items() if who == family))
 
     def seed(self, secrets: dict[str, str]) -> None:
-        """Create many secrets through one client (`put` builds a client per secret), then zero the counts."""
-        client = self.client()
+        """Create many secrets in moto's backend, which runs in this process: 10,000 take seconds
+        instead of minutes over HTTP. Nothing is counted."""
+        backend = secretsmanager_backends[DEFAULT_ACCOUNT_ID][REGION]
         for name, value in secrets.items():
-            client.create_secret(Name=name, SecretString=value)
-        self.clear_counts()
+            backend.create_secret(
+                name=name,
+                secret_string=value,
+                secret_binary=None,
+                description=None,
+                tags=None,
+                kms_key_id=None,
+                client_request_token=None,
+                replica_regions=[],
+                force_overwrite=False,
+            )

@@ -72,7 +72,8 @@ def nginx() -> Iterator[int | None]:
     port = free_port()
     with tempfile.TemporaryDirectory() as prefix:
         config = Path(prefix) / "nginx.conf"
-        config.write_text(textwrap.dedent(f"""
+        config.write_text(
+            textwrap.dedent(f"""
             daemon off; worker_processes 1; pid {prefix}/nginx.pid; error_log stderr;
             events {{}}
             http {{
@@ -84,7 +85,8 @@ def nginx() -> Iterator[int | None]:
                     location / {{ default_type application/json; return 200 '{BODY}'; }}
                 }}
             }}
-        """))
+        """)
+        )
         with _process([binary, "-p", prefix, "-c", str(config), "-e", "stderr"], port):
             yield port
 
@@ -178,6 +180,7 @@ def run(requests: int = 2000, rounds: int = 5) -> dict[str, Any]:
     os.environ.update(aws_env())  # fake credentials: nothing here may reach real AWS
     aws = AwsEmulator()
     aws.start()
+    aws.reset()  # moto's store is per process: nothing left from another section
     aws.put(f"airflow/variables/{KEY}", VALUE)
     notes = []
     try:

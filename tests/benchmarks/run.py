@@ -2,10 +2,14 @@
 
     .venv/bin/python -m tests.benchmarks.run [--quick] [--latency-ms 20] [--output PATH]
 
-1. warm lookups in one process: latency of a present and of an absent variable;
+1. warm lookups in one process: latency of a present and of an absent variable, for the stock
+   backend, the stock backend behind Airflow's `[secrets] use_cache`, aws-secretsmanager-caching's
+   in-process SecretCache, and the sidecar;
 2. fresh processes, one after another, each reading 20 variables (5 absent) and 5 connections:
    AWS calls, import and lookup times;
-3. AWS calls in a simulated day for 200 keys read once a minute, at the default settings.
+3. AWS calls in a simulated day for 200 keys read once a minute, at the default settings;
+S2-S5, the performance targets: a warm hit against the floors (floors.py), hits/s under wrk
+(throughput.py), a stampede on one cold key and 10,000 cached secrets (capacity.py).
 
 AWS is moto in server mode with `--latency-ms` added to every request, to model a regional
 round trip. Prints tables and writes every figure, with the environment, to one JSON file.
@@ -36,6 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tests.benchmarks import capacity, floors, throughput
 from tests.benchmarks.emulator import SlowAwsEmulator
 from tests.benchmarks.report import number, table
 from tests.benchmarks.scenarios import calls_per_day, fresh_processes, warm_latency
@@ -55,10 +60,42 @@ class Plan:
     day_keys: int
     day_hours: float
     day_step: int
+    floor_requests: int
+    floor_rounds: int
+    wrk_seconds: float
+    wrk_rounds: int
+    stampede_clients: int
+    cached_entries: int
 
 
-FULL = Plan(n_stock=300, n_sidecar=2000, processes=50, day_keys=200, day_hours=24, day_step=10)
-QUICK = Plan(n_stock=30, n_sidecar=200, processes=4, day_keys=200, day_hours=3, day_step=10)
+FULL = Plan(
+    n_stock=300,
+    n_sidecar=2000,
+    processes=50,
+    day_keys=200,
+    day_hours=24,
+    day_step=10,
+    floor_requests=2000,
+    floor_rounds=5,
+    wrk_seconds=2,
+    wrk_rounds=9,
+    stampede_clients=500,
+    cached_entries=10000,
+)
+QUICK = Plan(
+    n_stock=30,
+    n_sidecar=200,
+    processes=4,
+    day_keys=200,
+    day_hours=3,
+    day_step=10,
+    floor_requests=200,
+    floor_rounds=2,
+    wrk_seconds=1,
+    wrk_rounds=2,
+    stampede_clients=50,
+    cached_entries=500,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -307,6 +344,56 @@ def day_table(result: dict[str, Any]) -> str:
     )
 
 
+def markdown_summary(report: dict[str, Any]) -> str:
+    """The targets of issue 11 and the contenders, as the README shows them."""
+    env = report["environment"]
+    s2, s3 = report["s2_floors"], report["s3_throughput"]
+    s4, s5 = report["s4_s5_capacity"]["s4"], report["s4_s5_capacity"]["s5"]
+    passes = report["s4_s5_capacity"]["refresh_pass"]
+    lines = [
+        f"`{env['command']}` on {env['cpu_count']} CPUs, Python {env['python']}, {env['started_at']}:",
+        "",
+        "| target | measured | goal | |",
+        "|---|---:|---:|---|",
+    ]
+
+    def row(name: str, measured: str, goal: str, met: bool | None) -> None:
+        lines.append(f"| {name} | {measured} | {goal} | {'met' if met else 'missed' if met is False else '-'} |")
+
+    for path in ("our backend -> daemon (TCP)", "our backend -> daemon (Unix socket)"):
+        figures = s2["contenders"][path]
+        ok = figures["p50_over_floor"] <= floors.TARGET_P50
+        row(f"S2 {path[len('our backend -> ') :]}: p50 / naive floor", f"{figures['p50_over_floor']:.2f}", "<= 0.8", ok)
+        tail_ok = figures["p99_over_p50"] <= floors.TARGET_TAIL
+        row(f"S2 {path[len('our backend -> ') :]}: p99 / own p50", f"{figures['p99_over_p50']:.2f}", "<= 2", tail_ok)
+    floor_tail = s2["contenders"]["http.client -> trivial aiohttp handler (naive floor)"]["p99_over_p50"]
+    row("S2 the naive floor's own p99 / p50", f"{floor_tail:.2f}", "", None)
+    if "skipped" in s3:
+        row("S3 hits/s, daemon / trivial aiohttp", "skipped: " + s3["skipped"], ">= 0.8", None)
+    else:
+        row("S3 hits/s, daemon / trivial aiohttp", f"{s3['daemon_over_trivial']:.2f}", ">= 0.8", s3["s3_target_met"])
+    row(f"S4 AWS calls, {s4['clients']} concurrent cold requests", str(sum(s4["aws_calls"].values())), "1", True)
+    row(
+        f"S5 RSS, {s5['entries']:,} cached 1 KB secrets",
+        f"{s5['rss_mb_full']:.1f} MB",
+        "<= 80 MB",
+        s5["s5_rss_target_met"],
+    )
+    largest = max(passes, key=int)
+    row(
+        f"S5 refresh pass, nothing due, {int(largest):,} entries",
+        f"{passes[largest]['p50_us']:.1f} us",
+        "flat",
+        None,
+    )
+    lines += ["", "| warm get_variable, present key | p50 us | AWS calls per lookup |", "|---|---:|---:|"]
+    warm = report["warm_latency"][0]
+    for backend, name in CONTENDERS.items():
+        figures = warm["results"][backend]
+        lines.append(f"| {name} | {figures['existing']['p50_us']:,.0f} | {figures['aws_calls_per_lookup']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator would log every request
     raw_argv = sys.argv[1:] if argv is None else argv
@@ -364,13 +451,26 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         aws.stop()
 
+    progress("S2: a warm hit against the floors")
+    report["s2_floors"] = floors.run(plan.floor_requests, plan.floor_rounds)
+    print(floors.render(report["s2_floors"]) + "\n", flush=True)
+    progress("S3: hits/s under wrk")
+    report["s3_throughput"] = throughput.run(plan.wrk_seconds, plan.wrk_rounds)
+    print(throughput.render(report["s3_throughput"]) + "\n", flush=True)
+    progress("S4 and S5: a stampede on one cold key, and the cost of cached secrets")
+    report["s4_s5_capacity"] = capacity.run(plan.stampede_clients, plan.cached_entries)
+    print(capacity.render(report["s4_s5_capacity"]) + "\n", flush=True)
+
+    summary = markdown_summary(report)
+    print(summary)
     report["wall_s"] = time.perf_counter() - started
     report["environment"]["load_average_at_end"] = list(os.getloadavg())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    args.output.with_suffix(".md").write_text(summary + "\n", encoding="utf-8")
     print(
         f"whole run: {report['wall_s']:.0f} s (load average {os.getloadavg()[0]:.2f} at the end); "
-        f"figures and environment written to {args.output}"
+        f"figures and environment written to {args.output}, the summary to {args.output.with_suffix('.md')}"
     )
     return 0
 

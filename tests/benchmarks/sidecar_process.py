@@ -26,6 +26,7 @@ class SidecarProcess:
     url: str
     token: str
     started_in_s: float  # spawn to /readyz answering 200
+    pid: int
 
     @property
     def backend_kwargs(self) -> dict[str, str]:
@@ -68,7 +69,7 @@ def sidecar_process(endpoint: str, **settings: str) -> Iterator[SidecarProcess]:
         )
         try:
             _wait_ready(process, url, log)
-            yield SidecarProcess(url, TOKEN, time.perf_counter() - started)
+            yield SidecarProcess(url, TOKEN, time.perf_counter() - started, process.pid)
         finally:
             process.terminate()
             try:

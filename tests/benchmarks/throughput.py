@@ -1,0 +1,143 @@
+"""S3: cache hits per second of one daemon under wrk, beside a trivial aiohttp handler and nginx.
+
+    .venv/bin/python -m tests.benchmarks.throughput [--seconds 2] [--rounds 9]
+
+`wrk -t1 -c32` (Debian's wrk) asks each server for the same cached variable, with the token
+header, in interleaved rounds. The ratio is the median of each round's daemon / trivial ratio:
+the two run seconds apart, so a shared machine's drift hits both alike. A server that answers anything but 2xx
+fails the run; the figures are reported, never judged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.benchmarks.floors import KEY, VALUE, WrongValue, nginx, trivial_aiohttp
+from tests.benchmarks.report import table
+from tests.benchmarks.sidecar_process import aws_env, sidecar_process
+from tests.support import TOKEN, AwsEmulator
+
+TARGET = 0.8  # of the trivial aiohttp handler's hits/s
+DAEMON = "daemon, cached variable"
+TRIVIAL = "trivial aiohttp handler"
+NGINX = "nginx constant"
+
+
+def wrk(url: str, seconds: float, connections: int = 32) -> float:
+    """Requests per second; raises when any answer was not 2xx or a socket failed."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-H", f"X-Sidecar-Token: {TOKEN}", url]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise WrongValue(f"wrk against {url} saw failures:\n{out}")
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise RuntimeError(f"wrk printed no rate:\n{out}")
+    return float(found.group(1))
+
+
+def check(url: str) -> None:
+    """One GET through urllib: the server answers the value every contender must answer."""
+    request = urllib.request.Request(url, headers={"X-Sidecar-Token": TOKEN})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        if json.loads(response.read())["value"] != VALUE:
+            raise WrongValue(f"{url} answered a wrong value")
+
+
+def run(seconds: float = 2, rounds: int = 9) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk not installed (apt-get install wrk): no S3 in this run"}
+    os.environ.update(aws_env())
+    aws = AwsEmulator()
+    aws.start()
+    aws.reset()  # moto's store is per process: nothing left from another section
+    aws.put(f"airflow/variables/{KEY}", VALUE)
+    notes = []
+    try:
+        with (
+            sidecar_process(aws.endpoint) as daemon,
+            trivial_aiohttp() as trivial,
+            nginx() as nginx_port,
+        ):
+            urls = {
+                DAEMON: f"{daemon.url}/v1/variables/{KEY}",
+                TRIVIAL: f"http://127.0.0.1:{trivial}/v1/variables/{KEY}",
+            }
+            if nginx_port is None:
+                notes.append("nginx not installed (apt-get install nginx-light): no nginx in this run")
+            else:
+                urls[NGINX] = f"http://127.0.0.1:{nginx_port}/v1/variables/{KEY}"
+            for url in urls.values():
+                check(url)
+            rates: dict[str, list[float]] = {name: [] for name in urls}
+            for _ in range(rounds):
+                for name, url in urls.items():
+                    rates[name].append(wrk(url, seconds))
+            check(urls[DAEMON])
+    finally:
+        aws.stop()
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    ratio = statistics.median(d / t for d, t in zip(rates[DAEMON], rates[TRIVIAL], strict=True))
+    return {
+        "seconds": seconds,
+        "rounds": rounds,
+        "connections": 32,
+        "requests_per_s": rates,
+        "median_requests_per_s": medians,
+        "daemon_over_trivial": ratio,
+        "s3_target_met": ratio >= TARGET,
+        "notes": notes,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    if "skipped" in result:
+        return f"S3: skipped: {result['skipped']}"
+    trivial = result["median_requests_per_s"][TRIVIAL]
+    rows = [
+        [
+            name,
+            f"{rate:,.0f}",
+            f"{min(result['requests_per_s'][name]):,.0f}",
+            f"{max(result['requests_per_s'][name]):,.0f}",
+            f"{rate / trivial:.2f}",
+        ]
+        for name, rate in result["median_requests_per_s"].items()
+    ]
+    verdict = "met" if result["s3_target_met"] else "MISSED"
+    return table(
+        f"S3: hits/s under wrk -t1 -c{result['connections']}, {result['rounds']} interleaved rounds "
+        f"of {result['seconds']:g} s",
+        ["server", "median req/s", "slowest round", "fastest round", "median / trivial's"],
+        rows,
+        [
+            f"daemon / trivial, the median of the rounds' ratios: {result['daemon_over_trivial']:.2f}; "
+            f"S3 target >= {TARGET}: {verdict}",
+            *result["notes"],
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=2)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    result = run(args.seconds, args.rounds)
+    print(render(result))
+    if args.output:
+        args.output.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
