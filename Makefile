@@ -57,7 +57,10 @@ test-image: $(VENV)/.dev-installed
 	if [ "$(IMAGE_BASE)" = airflow-secrets-sidecar-base:bookworm ]; then tests/image/prepare.sh $(IMAGE_BASE); fi
 	SIDECAR_TEST_BASE_IMAGE=$(IMAGE_BASE) $(BIN)/python -m pytest -p no:cacheprovider -s tests/image/image_checks.py
 
+# The stock backend, the contenders and the floors side by side (tests/benchmarks/run.py), about
+# 8 minutes; tests/benchmarks/prepare.sh installs wrk and nginx-light on Debian as root.
 bench: $(VENV)/.dev-installed
+	tests/benchmarks/prepare.sh
 	$(BIN)/python -m tests.benchmarks.run
 
 # The daemon as a process, Airflow-like clients, AWS flapping behind a fault layer (tests/soak.py).
