@@ -14,16 +14,22 @@ from collections.abc import Sequence
 from urllib.parse import quote, urlsplit
 
 from sidecar import __version__
-from sidecar.config import ConfigError, Settings, load_settings
+from sidecar.config import DEFAULTS, ConfigError, Settings, load_settings
 from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, TOKEN_HEADER
 
 log = logging.getLogger("sidecar")
 
 
+def _d(name: str) -> str:
+    """A setting's default as the help shows it: from `Settings`, where it is written once."""
+    value = DEFAULTS[name]
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
     """Daemon flags. Defaults are None so that unset flags fall through to SIDECAR_* variables."""
     add = parser.add_argument
-    add("--host", help="address to listen on (default 127.0.0.1; SIDECAR_HOST)")
+    add("--host", help=f"address to listen on (default {DEFAULT_HOST}; SIDECAR_HOST)")
     add("--port", help=f"port to listen on (default {DEFAULT_PORT}; SIDECAR_PORT)")
     add("--unix-socket", help="listen on this Unix socket instead of TCP (SIDECAR_UNIX_SOCKET)")
     add("--unix-socket-group", help="group that may use the Unix socket (SIDECAR_UNIX_SOCKET_GROUP)")
@@ -32,10 +38,10 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--no-token", action="store_true", help="accept requests without a token: local development ONLY")
     add("--backend-kwargs", help="the provider backend's kwargs JSON (SIDECAR_BACKEND_KWARGS)")
     add("--source", help="secretsmanager (default) or ssm (SIDECAR_SOURCE)")
-    add("--ttl", help="seconds a found value is served from cache (default 300; SIDECAR_TTL)")
-    add("--negative-ttl", help="seconds a miss is remembered (default 60; SIDECAR_NEGATIVE_TTL)")
-    add("--max-stale", help="seconds past TTL a value may be served while AWS fails (default 21600)")
-    add("--max-entries", help="cache size limit (default 10000; SIDECAR_MAX_ENTRIES)")
+    add("--ttl", help=f"seconds a found value is served from cache (default {_d('ttl')}; SIDECAR_TTL)")
+    add("--negative-ttl", help=f"seconds a miss is remembered (default {_d('negative_ttl')}; SIDECAR_NEGATIVE_TTL)")
+    add("--max-stale", help=f"seconds past TTL a value may be served while AWS fails (default {_d('max_stale')})")
+    add("--max-entries", help=f"cache size limit (default {_d('max_entries')}; SIDECAR_MAX_ENTRIES)")
     add(
         "--warmup",
         action=argparse.BooleanOptionalAction,
@@ -43,12 +49,18 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help="list the prefixes at start and every --list-interval (default on; SIDECAR_WARMUP)",
     )
     add("--list-interval", help="seconds between listings (default: the TTL; SIDECAR_LIST_INTERVAL)")
-    add("--max-upstream", help="AWS calls in flight at once (default 32; SIDECAR_MAX_UPSTREAM)")
-    add("--max-requests", help="requests in flight before 429 (default 512; SIDECAR_MAX_REQUESTS)")
-    add("--max-connections", help="open connections before 429 (default 1024; SIDECAR_MAX_CONNECTIONS)")
-    add("--request-timeout", help="seconds a request may wait on AWS (default 8; SIDECAR_REQUEST_TIMEOUT)")
-    add("--log-level", help="debug, info, warning or error (default info; SIDECAR_LOG_LEVEL)")
-    add("--log-format", help="text or json (default text; SIDECAR_LOG_FORMAT)")
+    add("--max-upstream", help=f"AWS calls in flight at once (default {_d('max_upstream')}; SIDECAR_MAX_UPSTREAM)")
+    add("--max-requests", help=f"requests in flight before 429 (default {_d('max_requests')}; SIDECAR_MAX_REQUESTS)")
+    add(
+        "--max-connections",
+        help=f"open connections before 429 (default {_d('max_connections')}; SIDECAR_MAX_CONNECTIONS)",
+    )
+    add(
+        "--request-timeout",
+        help=f"seconds a request may wait on AWS (default {_d('request_timeout')}; SIDECAR_REQUEST_TIMEOUT)",
+    )
+    add("--log-level", help=f"debug, info, warning or error (default {_d('log_level').lower()}; SIDECAR_LOG_LEVEL)")
+    add("--log-format", help=f"text or json (default {_d('log_format')}; SIDECAR_LOG_FORMAT)")
 
 
 def build_parser() -> argparse.ArgumentParser:

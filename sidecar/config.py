@@ -11,7 +11,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT
@@ -110,6 +110,10 @@ class Settings:
     request_timeout: float = 8.0
 
 
+# Each setting's default, written once: in the field above.
+DEFAULTS: dict[str, Any] = {each.name: each.default for each in fields(Settings)}
+
+
 # --- parsers: each raises ValueError with a message that completes "must be ..." ---
 
 
@@ -184,9 +188,12 @@ def _number_error(exc: ValueError) -> str:
 
 
 def _setting(
-    args: argparse.Namespace, environ: Mapping[str, str], name: str, parse: Callable[[Any], T], default: T
+    args: argparse.Namespace, environ: Mapping[str, str], name: str, parse: Callable[[Any], T], default: Any = None
 ) -> T:
-    """Resolve one setting: the flag if given, else `SIDECAR_<NAME>`, else the default."""
+    """Resolve one setting: the flag if given, else `SIDECAR_<NAME>`, else the default (the
+    `Settings` field's own unless one is given)."""
+    if default is None:
+        default = DEFAULTS.get(name)
     env_var = f"SIDECAR_{name.upper()}"
     flag = "--" + name.replace("_", "-")
     raw = getattr(args, name, None)
@@ -211,12 +218,12 @@ def _is_loopback(host: str) -> bool:
 
 def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     """Build the daemon's settings; raises ConfigError naming the first bad setting."""
-    source = _setting(args, environ, "source", _choice(*SOURCES), "secretsmanager")
+    source = _setting(args, environ, "source", _choice(*SOURCES))
     store = parse_backend_kwargs(_setting(args, environ, "backend_kwargs", _text, "{}"), source)
-    ttl = _setting(args, environ, "ttl", _positive_float, 300.0)
-    host = _setting(args, environ, "host", _text, DEFAULT_HOST)
-    allow_remote = _setting(args, environ, "allow_remote", _bool, False)
-    unix_socket = _setting(args, environ, "unix_socket", _text, None)
+    ttl = _setting(args, environ, "ttl", _positive_float)
+    host = _setting(args, environ, "host", _text)
+    allow_remote = _setting(args, environ, "allow_remote", _bool)
+    unix_socket = _setting(args, environ, "unix_socket", _text)
     if not unix_socket and not allow_remote and not _is_loopback(host):
         raise ConfigError(
             f"refusing to listen on {host!r}: --host / SIDECAR_HOST must be a loopback address "
@@ -227,26 +234,26 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     return Settings(
         store=store,
         host=host,
-        port=_setting(args, environ, "port", _port, DEFAULT_PORT),
+        port=_setting(args, environ, "port", _port),
         unix_socket=unix_socket,
-        unix_socket_group=_setting(args, environ, "unix_socket_group", _group, None),
+        unix_socket_group=_setting(args, environ, "unix_socket_group", _group),
         allow_remote=allow_remote,
         token=token,
         token_file=token_file,
         no_token=bool(getattr(args, "no_token", False)),
         source=source,
         ttl=ttl,
-        negative_ttl=_setting(args, environ, "negative_ttl", _non_negative_float, 60.0),
-        max_stale=_setting(args, environ, "max_stale", _non_negative_float, 21600.0),
-        max_entries=_setting(args, environ, "max_entries", _positive_int, 10000),
-        warmup=_setting(args, environ, "warmup", _bool, True),
+        negative_ttl=_setting(args, environ, "negative_ttl", _non_negative_float),
+        max_stale=_setting(args, environ, "max_stale", _non_negative_float),
+        max_entries=_setting(args, environ, "max_entries", _positive_int),
+        warmup=_setting(args, environ, "warmup", _bool),
         list_interval=_setting(args, environ, "list_interval", _positive_float, ttl),
-        log_level=_setting(args, environ, "log_level", _choice("debug", "info", "warning", "error"), "info").upper(),
-        log_format=_setting(args, environ, "log_format", _choice("text", "json"), "text"),
-        max_upstream=_setting(args, environ, "max_upstream", _positive_int, 32),
-        max_requests=_setting(args, environ, "max_requests", _positive_int, 512),
-        max_connections=_setting(args, environ, "max_connections", _positive_int, 1024),
-        request_timeout=_setting(args, environ, "request_timeout", _positive_float, 8.0),
+        log_level=_setting(args, environ, "log_level", _choice("debug", "info", "warning", "error")).upper(),
+        log_format=_setting(args, environ, "log_format", _choice("text", "json")),
+        max_upstream=_setting(args, environ, "max_upstream", _positive_int),
+        max_requests=_setting(args, environ, "max_requests", _positive_int),
+        max_connections=_setting(args, environ, "max_connections", _positive_int),
+        request_timeout=_setting(args, environ, "request_timeout", _positive_float),
     )
 
 
