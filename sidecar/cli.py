@@ -60,6 +60,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         help=f"seconds a request may wait on AWS (default {_d('request_timeout')}; SIDECAR_REQUEST_TIMEOUT)",
     )
     add("--log-level", help=f"debug, info, warning or error (default {_d('log_level').lower()}; SIDECAR_LOG_LEVEL)")
+    add("--event-loop", help=f"asyncio or uvloop (default {_d('event_loop')}; SIDECAR_EVENT_LOOP)")
     add("--log-format", help=f"text or json (default {_d('log_format')}; SIDECAR_LOG_FORMAT)")
 
 
@@ -164,8 +165,20 @@ def run_serve(settings: Settings) -> int:
 
     if settings.token is None:
         log.warning("--no-token: ANY process on this host can read these secrets. Local development only!")
+    run = asyncio.run
+    if settings.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            print(
+                "airflow-secrets-sidecar: configuration error: SIDECAR_EVENT_LOOP=uvloop needs uvloop: "
+                "pip install 'airflow-secrets-sidecar[daemon,uvloop]'",
+                file=sys.stderr,
+            )
+            return 2
+        run = uvloop.run
     try:
-        asyncio.run(serve(settings))
+        run(serve(settings))
     except ConfigError as exc:
         print(f"airflow-secrets-sidecar: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -55,8 +55,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30.0
     )
 
 
-
-
 class UnixHTTPConnection(http.client.HTTPConnection):
     """http.client over a Unix socket."""
 
@@ -179,6 +177,7 @@ def test_version_prints_the_package_version():
         (("--ttl", "abc"), {"SIDECAR_TOKEN": TOKEN}, ["--ttl", "SIDECAR_TTL"]),
         ((), {}, ["SIDECAR_TOKEN", "SIDECAR_TOKEN_FILE"]),
         ((), {"SIDECAR_TOKEN": TOKEN, "SIDECAR_HOST": "0.0.0.0"}, ["SIDECAR_HOST", "SIDECAR_ALLOW_REMOTE"]),
+        ((), {"SIDECAR_TOKEN": TOKEN, "SIDECAR_EVENT_LOOP": "trio"}, ["--event-loop", "SIDECAR_EVENT_LOOP"]),
     ],
 )
 def test_serve_with_an_invalid_setting_exits_2_with_one_line_naming_it(args, settings, named):
@@ -193,12 +192,29 @@ def test_serve_with_an_invalid_setting_exits_2_with_one_line_naming_it(args, set
     assert result.stdout == ""
 
 
+def test_uvloop_asked_for_but_not_installed_is_a_configuration_error():
+    as_if_missing = "import sys; sys.modules['uvloop'] = None; from sidecar.cli import main; sys.exit(main(['serve']))"
+    env = sidecar_env(SIDECAR_TOKEN=TOKEN, SIDECAR_EVENT_LOOP="uvloop", SIDECAR_PORT=str(free_port()))
+    result = subprocess.run(
+        [sys.executable, "-c", as_if_missing], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "airflow-secrets-sidecar: configuration error: SIDECAR_EVENT_LOOP=uvloop needs uvloop: "
+        "pip install 'airflow-secrets-sidecar[daemon,uvloop]'"
+    ]
+
+
 # --- serve over TCP: a request, then signals ---
 
 
-def test_serve_answers_then_exits_0_on_sigterm(aws: AwsEmulator, spawn):
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_serve_answers_then_exits_0_on_sigterm(aws: AwsEmulator, spawn, event_loop):
     aws.put("airflow/variables/x", "hello")
-    process, port = start_tcp_daemon(spawn, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint))
+    process, port = start_tcp_daemon(
+        spawn, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint), SIDECAR_EVENT_LOOP=event_loop
+    )
 
     found = get(http.client.HTTPConnection("127.0.0.1", port, timeout=10), "/v1/variables/x")
     assert (found.status, found.body) == (200, {"value": "hello"})
