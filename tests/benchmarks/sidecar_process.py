@@ -49,8 +49,9 @@ def aws_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def sidecar_process(endpoint: str, **settings: str) -> Iterator[SidecarProcess]:
-    """Start a daemon against `endpoint`; `settings` become SIDECAR_* variables. Stops it on exit."""
+def sidecar_process(endpoint: str, python: str = sys.executable, **settings: str) -> Iterator[SidecarProcess]:
+    """Start a daemon against `endpoint` with `python`; `settings` become SIDECAR_* variables.
+    Stops it on exit."""
     port = free_port()
     env = aws_env()
     env.update(
@@ -65,7 +66,7 @@ def sidecar_process(endpoint: str, **settings: str) -> Iterator[SidecarProcess]:
     with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [python, "-m", "sidecar", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
             _wait_ready(process, url, log)
