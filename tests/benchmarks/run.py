@@ -373,6 +373,9 @@ def markdown_summary(report: dict[str, Any]) -> str:
         row("S3 hits/s, daemon / trivial aiohttp", "skipped: " + s3["skipped"], ">= 0.8", None)
     else:
         row("S3 hits/s, daemon / trivial aiohttp", f"{s3['daemon_over_trivial']:.2f}", ">= 0.8", s3["s3_target_met"])
+        for name, ratio in s3["over_trivial"].items():
+            if name.startswith("daemon ") and name != throughput.DAEMON:
+                row(f"S3 hits/s, {name} / trivial aiohttp", f"{ratio:.2f}", "", None)
     row(f"S4 AWS calls, {s4['clients']} concurrent cold requests", str(sum(s4["aws_calls"].values())), "1", True)
     row(
         f"S5 RSS, {s5['entries']:,} cached 1 KB secrets",
