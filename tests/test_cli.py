@@ -470,7 +470,7 @@ def test_probe_checks_liveness_and_readiness_of_the_local_daemon(aws):
 
 
 def test_the_daemon_process_reads_aws_without_importing_httpx(aws):
-    """httpx is installed here (Airflow needs it); the daemon's process must not load it (18 MB)."""
+    """httpx is installed here (Airflow needs it); the daemon's process must not load it (6 MB of resident memory)."""
     aws.put("airflow/variables/v", "x")
     probe = f"""
 import asyncio, importlib.util, json, sys
