@@ -151,38 +151,43 @@ def build_app(
             return error(429, "busy", "too many open connections", {"Retry-After": "1", "Connection": "close"})
         return None
 
-    async def lookup(request: web.Request) -> web.Response:
-        started = time.perf_counter()
-        kind, key = request.match_info["kind"], request.match_info["key"]
-        team, refresh = None, False
-        if request.query_string:
-            team = request.query.get("team") or None
-            refresh = request.query.get("refresh", "").lower() in ("1", "true", "yes")
-        try:
-            response = refused(request)
-            if response is None:
-                # A hit is answered with nothing awaited: no task, no timer (wait_for costs both).
-                cached = None if refresh else resolver.resolve_cached(kind, key, team)
-                if cached is not None:
-                    response = _answer(kind, key, team, *cached)
-                else:
-                    response = await _resolve(kind, key, team, refresh)
-        except UpstreamError as exc:
-            code = "upstream_unavailable" if exc.transient else "upstream_error"
-            log.debug("%s %r: 503 %s", kind, key, exc.code)
-            response = error(503, code, f"{exc} ({exc.hint})", {"Retry-After": "1"})
-        except asyncio.TimeoutError:
-            response = error(503, "timeout", f"AWS did not answer within {settings.request_timeout:g}s")
-        except InvalidSecret as exc:
-            response = error(503, "invalid_secret", str(exc))
-        except InvalidTeam as exc:
-            response = error(400, "bad_request", str(exc))
-        except Exception:
-            # Our own bug: say so in JSON. The traceback names code, never a value (none is put in one).
-            log.exception("internal error answering %s", request.path)
-            response = error(500, "internal", "internal error; see the sidecar's log")
-        metrics.requests.observe(kind, response.status, time.perf_counter() - started)
-        return response
+    def lookup_of(kind: str) -> Handler:
+        """The handler of one kind: a literal route per kind resolves faster than one pattern."""
+
+        async def lookup(request: web.Request) -> web.Response:
+            started = time.perf_counter()
+            key = request.match_info["key"]
+            team, refresh = None, False
+            if request.query_string:
+                team = request.query.get("team") or None
+                refresh = request.query.get("refresh", "").lower() in ("1", "true", "yes")
+            try:
+                response = refused(request)
+                if response is None:
+                    # A hit is answered with nothing awaited: no task, no timer (wait_for costs both).
+                    cached = None if refresh else resolver.resolve_cached(kind, key, team)
+                    if cached is not None:
+                        response = _answer(kind, key, team, *cached)
+                    else:
+                        response = await _resolve(kind, key, team, refresh)
+            except UpstreamError as exc:
+                code = "upstream_unavailable" if exc.transient else "upstream_error"
+                log.debug("%s %r: 503 %s", kind, key, exc.code)
+                response = error(503, code, f"{exc} ({exc.hint})", {"Retry-After": "1"})
+            except asyncio.TimeoutError:
+                response = error(503, "timeout", f"AWS did not answer within {settings.request_timeout:g}s")
+            except InvalidSecret as exc:
+                response = error(503, "invalid_secret", str(exc))
+            except InvalidTeam as exc:
+                response = error(400, "bad_request", str(exc))
+            except Exception:
+                # Our own bug: say so in JSON. The traceback names code, never a value (none is put in one).
+                log.exception("internal error answering %s", request.path)
+                response = error(500, "internal", "internal error; see the sidecar's log")
+            metrics.requests.observe(kind, response.status, time.perf_counter() - started)
+            return response
+
+        return lookup
 
     async def _resolve(kind: str, key: str, team: str | None, refresh: bool) -> web.Response:
         nonlocal in_flight
@@ -242,7 +247,8 @@ def build_app(
     app.router.add_get("/healthz", open_route(healthz), allow_head=False)
     app.router.add_get("/readyz", open_route(readyz), allow_head=False)
     app.router.add_get("/metrics", open_route(prometheus), allow_head=False)
-    app.router.add_get(r"/v1/{kind:variables|connections|config}/{key}", lookup, allow_head=False)
+    for kind in SINGULAR:
+        app.router.add_get(f"/v1/{kind}/{{key}}", lookup_of(kind), allow_head=False)
     app.router.add_route("*", r"/{path:[\s\S]*}", unrouted)  # any character, newlines too
     return app
 
