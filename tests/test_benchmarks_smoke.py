@@ -20,6 +20,7 @@ SECTIONS = {
     "calls_per_day",
     "s2_floors",
     "s3_throughput",
+    "s3_instructions",
     "s4_s5_capacity",
 }
 CONTENDERS = {"stock", "stock_use_cache", "aws_caching", "sidecar"}

@@ -24,12 +24,12 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.report import summarize_us, table
-from tests.benchmarks.sidecar_process import aws_env, free_port, sidecar_process
+from tests.benchmarks.sidecar_process import READY_TIMEOUT, aws_env, free_port, sidecar_process
 from tests.support import TOKEN, AwsEmulator
 
 KEY = "floor_probe"
@@ -46,8 +46,9 @@ class WrongValue(AssertionError):
 
 
 @contextlib.contextmanager
-def trivial_aiohttp() -> Iterator[int]:
-    """An aiohttp app with one handler that returns the body as the daemon would: the naive server."""
+def trivial_aiohttp(prefix: Sequence[str] = ()) -> Iterator[int]:
+    """An aiohttp app with one handler that returns the body as the daemon would: the naive server.
+    `prefix`: a command to run it under (valgrind)."""
     port = free_port()
     script = textwrap.dedent(f"""
         from aiohttp import web
@@ -58,7 +59,7 @@ def trivial_aiohttp() -> Iterator[int]:
         app.router.add_get("/v1/variables/{{key}}", handler)
         web.run_app(app, host="127.0.0.1", port={port}, access_log=None, print=None)
     """)
-    with _process([sys.executable, "-c", script], port):
+    with _process([*prefix, sys.executable, "-c", script], port, ready_within=READY_TIMEOUT):
         yield port
 
 
@@ -92,10 +93,10 @@ def nginx() -> Iterator[int | None]:
 
 
 @contextlib.contextmanager
-def _process(command: list[str], port: int) -> Iterator[None]:
+def _process(command: list[str], port: int, ready_within: float = 30) -> Iterator[None]:
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_within
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -9,7 +9,8 @@
    AWS calls, import and lookup times;
 3. AWS calls in a simulated day for 200 keys read once a minute, at the default settings;
 S2-S5, the performance targets: a warm hit against the floors (floors.py), hits/s under wrk
-(throughput.py), a stampede on one cold key and 10,000 cached secrets (capacity.py).
+(throughput.py) and instructions per hit under callgrind (instructions.py), a stampede on one
+cold key and 10,000 cached secrets (capacity.py).
 
 AWS is moto in server mode with `--latency-ms` added to every request, to model a regional
 round trip. Prints tables and writes every figure, with the environment, to one JSON file.
@@ -40,7 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks import capacity, floors, throughput
+from tests.benchmarks import capacity, floors, instructions, throughput
 from tests.benchmarks.emulator import SlowAwsEmulator
 from tests.benchmarks.report import number, table
 from tests.benchmarks.scenarios import calls_per_day, fresh_processes, warm_latency
@@ -64,6 +65,7 @@ class Plan:
     floor_rounds: int
     wrk_seconds: int
     wrk_rounds: int
+    counted_requests: int
     stampede_clients: int
     cached_entries: int
 
@@ -79,6 +81,7 @@ FULL = Plan(
     floor_rounds=5,
     wrk_seconds=1,
     wrk_rounds=15,
+    counted_requests=1000,
     stampede_clients=500,
     cached_entries=10000,
 )
@@ -93,6 +96,7 @@ QUICK = Plan(
     floor_rounds=2,
     wrk_seconds=1,
     wrk_rounds=2,
+    counted_requests=100,
     stampede_clients=50,
     cached_entries=500,
 )
@@ -376,6 +380,18 @@ def markdown_summary(report: dict[str, Any]) -> str:
         for name, ratio in s3["over_trivial"].items():
             if name.startswith("daemon ") and name != throughput.DAEMON:
                 row(f"S3 hits/s, {name} / trivial aiohttp", f"{ratio:.2f}", "", None)
+    counted = report["s3_instructions"]
+    if "skipped" in counted:
+        row("S3 counted: instructions per hit, trivial / daemon", "skipped: " + counted["skipped"], "", None)
+    else:
+        per_hit = counted["instructions_per_request"]
+        row(
+            f"S3 counted: instructions per hit, trivial / daemon ({per_hit[instructions.TRIVIAL]:,.0f} / "
+            f"{per_hit[instructions.DAEMON]:,.0f})",
+            f"{counted['trivial_over_daemon']:.3f}",
+            "",
+            None,
+        )
     row(f"S4 AWS calls, {s4['clients']} concurrent cold requests", str(sum(s4["aws_calls"].values())), "1", True)
     row(
         f"S5 RSS, {s5['entries']:,} cached 1 KB secrets",
@@ -461,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
     progress("S3: hits/s under wrk")
     report["s3_throughput"] = throughput.run(plan.wrk_seconds, plan.wrk_rounds, args.other_python)
     print(throughput.render(report["s3_throughput"]) + "\n", flush=True)
+    progress("S3 counted: instructions per hit under callgrind")
+    report["s3_instructions"] = instructions.run(plan.counted_requests)
+    print(instructions.render(report["s3_instructions"]) + "\n", flush=True)
     progress("S4 and S5: a stampede on one cold key, and the cost of cached secrets")
     report["s4_s5_capacity"] = capacity.run(plan.stampede_clients, plan.cached_entries)
     print(capacity.render(report["s4_s5_capacity"]) + "\n", flush=True)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -18,7 +18,7 @@ from typing import IO
 from tests.support import FAKE_AWS_ENV, REGION, TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
-READY_TIMEOUT = 60.0
+READY_TIMEOUT = 120.0  # under valgrind a start takes seconds more
 
 
 @dataclass
@@ -49,9 +49,11 @@ def aws_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def sidecar_process(endpoint: str, python: str = sys.executable, **settings: str) -> Iterator[SidecarProcess]:
-    """Start a daemon against `endpoint` with `python`; `settings` become SIDECAR_* variables.
-    Stops it on exit."""
+def sidecar_process(
+    endpoint: str, python: str = sys.executable, prefix: Sequence[str] = (), **settings: str
+) -> Iterator[SidecarProcess]:
+    """Start a daemon against `endpoint` with `python` (under `prefix`, e.g. valgrind); `settings`
+    become SIDECAR_* variables. Stops it on exit."""
     port = free_port()
     env = aws_env()
     env.update(
@@ -66,7 +68,7 @@ def sidecar_process(endpoint: str, python: str = sys.executable, **settings: str
     with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         process = subprocess.Popen(
-            [python, "-m", "sidecar", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [*prefix, python, "-m", "sidecar", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
             _wait_ready(process, url, log)
