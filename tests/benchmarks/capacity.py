@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.emulator import SlowAwsEmulator
+from tests.benchmarks.floors import WrongValue
 from tests.benchmarks.report import summarize_us, table
 from tests.benchmarks.sidecar_process import SidecarProcess, aws_env, sidecar_process
 from tests.support import TOKEN, FakeClock
@@ -31,10 +32,6 @@ COLD_KEY = "stampede_target"
 COLD_VALUE = "the cold value"
 RSS_TARGET_MB = 80.0
 SECRET_BYTES = 1024
-
-
-class WrongResult(AssertionError):
-    pass
 
 
 # --- S4 ---
@@ -55,7 +52,7 @@ async def _stampede(port: int, clients: int) -> list[float]:
         took = time.perf_counter() - started
         writer.close()
         if status != b"200" or json.loads(body)["value"] != COLD_VALUE:
-            raise WrongResult(f"a stampede request got {status.decode()} or a wrong value")
+            raise WrongValue(f"a stampede request got {status.decode()} or a wrong value")
         return took
 
     try:
@@ -73,12 +70,12 @@ def stampede(clients: int = 500) -> dict[str, Any]:
         aws.put(f"airflow/variables/{COLD_KEY}", COLD_VALUE)
         with sidecar_process(aws.endpoint, warmup="false", max_requests=str(clients + 12)) as daemon:
             aws.clear_counts()
-            answered = asyncio.run(_stampede(_port(daemon), clients))
+            answered = asyncio.run(_stampede(daemon.port, clients))
             calls = aws.snapshot("sidecar")
     finally:
         aws.stop()
     if calls != {"GetSecretValue": 1}:
-        raise WrongResult(f"S4: {clients} concurrent requests for one cold key made AWS calls {calls}, not 1")
+        raise WrongValue(f"S4: {clients} concurrent requests for one cold key made AWS calls {calls}, not 1")
     return {
         "clients": clients,
         "aws_latency_ms": 50,
@@ -86,10 +83,6 @@ def stampede(clients: int = 500) -> dict[str, Any]:
         "all_answered_s": max(answered),
         "answer_ms": {name: value / 1000 for name, value in summarize_us([s * 1e6 for s in answered]).items()},
     }
-
-
-def _port(daemon: SidecarProcess) -> int:
-    return int(daemon.url.rsplit(":", 1)[1])
 
 
 # --- S5: memory ---
@@ -131,12 +124,12 @@ def memory(entries: int = 10000) -> dict[str, Any]:
             full_mb = _rss_mb(daemon.pid)
             for i in range(0, entries, max(1, entries // 50)):  # spot checks: the values are the ones stored
                 if _read(daemon, f"mem_{i:05d}") != secrets[f"airflow/variables/mem_{i:05d}"]:
-                    raise WrongResult(f"S5: variable mem_{i:05d} came back wrong")
+                    raise WrongValue(f"S5: variable mem_{i:05d} came back wrong")
             warm_up = aws.snapshot("sidecar")
     finally:
         aws.stop()
     if cached < entries:
-        raise WrongResult(f"S5: the daemon cached {cached} entries after its warm-up, not {entries}")
+        raise WrongValue(f"S5: the daemon cached {cached} entries after its warm-up, not {entries}")
     return {
         "entries": entries,
         "secret_bytes": SECRET_BYTES,
@@ -186,7 +179,7 @@ async def _pass_times(size: int, passes: int = 200) -> dict[str, float]:
         asked = await cache.refresh_due()
         samples.append((time.perf_counter() - started) * 1e6)
         if asked:
-            raise WrongResult(f"a refresh pass with nothing due refreshed {asked} entries")
+            raise WrongValue(f"a refresh pass with nothing due refreshed {asked} entries")
     return {"p50_us": statistics.median(samples), "max_us": max(samples)}
 
 

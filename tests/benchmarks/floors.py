@@ -192,7 +192,7 @@ def run(requests: int = 2000, rounds: int = 5) -> dict[str, Any]:
             trivial_aiohttp() as trivial,
             nginx() as nginx_port,
         ):
-            daemon = int(tcp.url.rsplit(":", 1)[1])
+            daemon = tcp.port
             over_tcp = SidecarSecretsBackend(url=tcp.url, token=TOKEN)
             over_unix = SidecarSecretsBackend(unix_socket=unix.url[len("unix:") :], token=TOKEN)
             contenders: dict[str, Client] = {

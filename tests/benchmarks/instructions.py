@@ -68,7 +68,7 @@ def _counted(out_dir: str, name: str, requests: int) -> float:
 @contextlib.contextmanager
 def _daemon(endpoint: str, out_dir: str) -> Iterator[Callable[[], str]]:
     with sidecar_process(endpoint, prefix=_callgrind(out_dir, "daemon")) as process:
-        yield raw_client(("127.0.0.1", int(process.url.rsplit(":", 1)[1])), TOKEN)
+        yield raw_client(("127.0.0.1", process.port), TOKEN)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,11 @@ class SidecarProcess:
     pid: int
 
     @property
+    def port(self) -> int:
+        """The TCP port (not for a daemon on a Unix socket)."""
+        return int(self.url.rsplit(":", 1)[1])
+
+    @property
     def backend_kwargs(self) -> dict[str, str]:
         return {"url": self.url, "token": self.token}
 
