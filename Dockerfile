@@ -19,19 +19,21 @@
 ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE}
 
+# uvloop: about a tenth more cache hits per second than asyncio's loop (`make bench`, S3).
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    SIDECAR_EVENT_LOOP=uvloop \
     PATH=/opt/airflow-secrets-sidecar/bin:$PATH
 
-# The daemon in a virtualenv of its own, pinned by constraints-dev.txt: the versions the test suite
-# runs with. The source is bind-mounted rather than COPYed: no source layer ships, and pip's in-tree
-# build leftovers vanish with the mount. Runtime dependencies only: no dev extras, no compiler.
+# The daemon in a virtualenv of its own, with uvloop, pinned by constraints-dev.txt: the versions the
+# test suite runs with. The source is bind-mounted rather than COPYed: no source layer ships, and pip's
+# in-tree build leftovers vanish with the mount. Runtime dependencies only: no dev extras, no compiler.
 RUN --mount=type=bind,target=/src,rw \
     --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
  && python3 -m venv /opt/airflow-secrets-sidecar \
- && pip install --no-cache-dir -c /src/constraints-dev.txt '/src[daemon]'
+ && pip install --no-cache-dir -c /src/constraints-dev.txt '/src[daemon,uvloop]'
 
 # A fixed numeric uid, with no passwd entry needed: Kubernetes' runAsNonRoot can only verify a numeric USER.
 USER 10001:10001

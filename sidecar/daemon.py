@@ -229,11 +229,12 @@ async def serve(settings: Settings, on_started: Callable[[Daemon], None] | None 
     try:
         await daemon.start()
         log.info(
-            "serving %s secrets on %s (ttl %gs, negative ttl %gs)",
+            "serving %s secrets on %s (ttl %gs, negative ttl %gs, event loop %s)",
             settings.source,
             daemon.url,
             settings.ttl,
             settings.negative_ttl,
+            settings.event_loop,
         )
         if on_started is not None:
             on_started(daemon)

@@ -44,5 +44,5 @@ def test_the_base_is_an_argument_defaulting_to_slim_python_and_the_build_uses_th
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim$", text, re.MULTILINE)
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.MULTILINE)
-    assert "-c /src/constraints-dev.txt '/src[daemon]'" in text
+    assert "-c /src/constraints-dev.txt '/src[daemon,uvloop]'" in text  # runtime extras only
     assert "!constraints-dev.txt" in (ROOT / ".dockerignore").read_text().splitlines()

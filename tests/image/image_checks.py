@@ -126,6 +126,7 @@ def test_a_secret_is_read_through_the_container_from_aws_on_the_host(container: 
     assert http_get(container.port, "/v1/variables/greeting", token=None)[0] == 401
     assert http_get(container.port, "/v1/variables/absent")[0] == 404
     assert SECRET not in container.logs()
+    assert "event loop uvloop" in container.logs()  # the image's SIDECAR_EVENT_LOOP, installed with it
 
 
 def test_it_runs_as_a_non_root_numeric_uid(image: str, container: Container) -> None:
