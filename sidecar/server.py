@@ -181,9 +181,7 @@ def build_app(
             except InvalidTeam as exc:
                 response = error(400, "bad_request", str(exc))
             except Exception:
-                # Our own bug: say so in JSON. The traceback names code, never a value (none is put in one).
-                log.exception("internal error answering %s", request.path)
-                response = error(500, "internal", "internal error; see the sidecar's log")
+                response = internal_error(request)
             metrics.requests.observe(kind, response.status, time.perf_counter() - started)
             return response
 
@@ -217,9 +215,17 @@ def build_app(
             body = bodies[value] = json.dumps({"value": value}).encode()
         return web.Response(body=body, headers=FOUND_HEADERS[status])
 
+    def internal_error(request: web.Request) -> web.Response:
+        # Our own bug: say so in JSON. The traceback names code, never a value (none is put in one).
+        log.exception("internal error answering %s", request.path)
+        return error(500, "internal", "internal error; see the sidecar's log")
+
     def open_route(handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
-            return refused(request, open_path=True) or await handler(request)
+            try:
+                return refused(request, open_path=True) or await handler(request)
+            except Exception:
+                return internal_error(request)
 
         return checked
 

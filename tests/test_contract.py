@@ -174,3 +174,20 @@ async def test_a_request_body_is_refused(aws, start_sidecar):
         f"{sidecar.url}/v1/variables/x", headers={"X-Sidecar-Token": TOKEN}, data=b"payload"
     ) as response:
         assert response.status == 413
+
+
+@pytest.mark.parametrize("path", ["/v1/variables/greeting", "/metrics"])
+async def test_our_own_bug_is_a_json_500_that_names_no_value(aws, start_sidecar, caplog, path):
+    aws.put("airflow/variables/greeting", "hello")
+    sidecar = await start_sidecar()
+
+    def broken(*_args):
+        raise RuntimeError("a bug")
+
+    sidecar.daemon.resolver.resolve_cached = broken
+    sidecar.daemon.metrics.render = broken
+    async with sidecar.http.get(f"{sidecar.url}{path}", headers={"X-Sidecar-Token": TOKEN}) as response:
+        assert response.status == 500
+        assert await response.json() == {"error": "internal", "message": "internal error; see the sidecar's log"}
+    assert "internal error answering" in caplog.text
+    assert "hello" not in caplog.text
