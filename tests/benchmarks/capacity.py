@@ -12,7 +12,6 @@ with an injected clock, at 100 to `--entries` read entries of which none is due.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
@@ -24,7 +23,7 @@ from typing import Any
 
 from tests.benchmarks.emulator import SlowAwsEmulator
 from tests.benchmarks.floors import WrongValue
-from tests.benchmarks.report import summarize_us, table
+from tests.benchmarks.report import emit, section_parser, summarize_us, table
 from tests.benchmarks.sidecar_process import SidecarProcess, aws_env, sidecar_process
 from tests.support import TOKEN, FakeClock
 
@@ -233,16 +232,11 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.capacity", description=__doc__.split("\n\n")[0])
+    parser = section_parser("capacity", __doc__)
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--entries", type=int, default=10000)
-    parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    result = run(args.clients, args.entries)
-    print(render(result))
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=2))
-    return 0
+    return emit(run(args.clients, args.entries), render, args.output)
 
 
 if __name__ == "__main__":

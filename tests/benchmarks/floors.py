@@ -12,7 +12,6 @@ Every answer is checked; timings are reported, never judged.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import http.client
 import json
@@ -28,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks.report import summarize_us, table
+from tests.benchmarks.report import emit, section_parser, summarize_us, table
 from tests.benchmarks.sidecar_process import READY_TIMEOUT, aws_env, free_port, sidecar_process
 from tests.support import TOKEN, AwsEmulator
 
@@ -240,16 +239,11 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.floors", description=__doc__.split("\n\n")[0])
+    parser = section_parser("floors", __doc__)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    result = run(args.requests, args.rounds)
-    print(render(result))
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=2))
-    return 0
+    return emit(run(args.requests, args.rounds), render, args.output)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ is where a change to the hit path shows, to a tenth of a per cent. Every answer 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.floors import KEY, VALUE, WrongValue, raw_client, trivial_aiohttp
-from tests.benchmarks.report import table
+from tests.benchmarks.report import emit, section_parser, table
 from tests.benchmarks.sidecar_process import aws_env, sidecar_process
 from tests.support import TOKEN, AwsEmulator
 
@@ -118,17 +116,10 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.benchmarks.instructions", description=__doc__.split("\n\n")[0]
-    )
+    parser = section_parser("instructions", __doc__)
     parser.add_argument("--requests", type=int, default=1000)
-    parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    result = run(args.requests)
-    print(render(result))
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=2))
-    return 0
+    return emit(run(args.requests), render, args.output)
 
 
 if __name__ == "__main__":

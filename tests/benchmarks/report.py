@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -50,3 +53,18 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], not
     out = [title, "=" * len(title), line([str(h) for h in headers]), rule, *(line(row) for row in cells)]
     out += [f"  {note}" for note in notes]
     return "\n".join(out)
+
+
+def section_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The command line of a section run alone (`python -m tests.benchmarks.<module>`), with --output."""
+    parser = argparse.ArgumentParser(prog=f"python -m tests.benchmarks.{module}", description=doc.split("\n\n")[0])
+    parser.add_argument("--output", type=Path, help="also write the figures there as JSON")
+    return parser
+
+
+def emit(result: dict[str, Any], render: Callable[[dict[str, Any]], str], output: Path | None) -> int:
+    """Print a section's tables and write its figures to `output` if given."""
+    print(render(result))
+    if output:
+        output.write_text(json.dumps(result, indent=2))
+    return 0

@@ -10,7 +10,6 @@ answers anything but 2xx fails the run; the figures are reported, never judged.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -19,11 +18,10 @@ import shutil
 import statistics
 import subprocess
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.floors import KEY, VALUE, WrongValue, nginx, trivial_aiohttp
-from tests.benchmarks.report import table
+from tests.benchmarks.report import emit, section_parser, table
 from tests.benchmarks.sidecar_process import aws_env, sidecar_process
 from tests.support import TOKEN, AwsEmulator
 
@@ -141,17 +139,12 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.throughput", description=__doc__.split("\n\n")[0])
+    parser = section_parser("throughput", __doc__)
     parser.add_argument("--seconds", type=int, default=1, help="whole seconds per round (wrk takes no fraction)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--other-python", help="a Python with the daemon installed (e.g. 3.12): one more row")
-    parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    result = run(args.seconds, args.rounds, args.other_python)
-    print(render(result))
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=2))
-    return 0
+    return emit(run(args.seconds, args.rounds, args.other_python), render, args.output)
 
 
 if __name__ == "__main__":
