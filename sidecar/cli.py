@@ -50,6 +50,15 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     add("--list-interval", help="seconds between listings (default: the TTL; SIDECAR_LIST_INTERVAL)")
     add("--max-upstream", help=f"AWS calls in flight at once (default {_d('max_upstream')}; SIDECAR_MAX_UPSTREAM)")
+    add(
+        "--aws-quota-share",
+        help=f"share of each AWS API's account quota to use at most (default {_d('aws_quota_share')}; "
+        "SIDECAR_AWS_QUOTA_SHARE)",
+    )
+    add(
+        "--warmup-jitter",
+        help="seconds to spread a fleet's warm-ups over, serving lazily meanwhile (default 0; SIDECAR_WARMUP_JITTER)",
+    )
     add("--max-requests", help=f"requests in flight before 429 (default {_d('max_requests')}; SIDECAR_MAX_REQUESTS)")
     add(
         "--max-connections",

@@ -104,6 +104,10 @@ class Settings:
     event_loop: str = "asyncio"
     # AWS calls in flight at once; also sizes the HTTP connection pool to AWS.
     max_upstream: int = 32
+    # The share of each AWS API's account-wide quota this daemon may use (sidecar/sources/quotas.py).
+    aws_quota_share: float = 0.1
+    # Seconds over which a fleet spreads its warm-ups: > 0 serves lazily at once, warms up later.
+    warmup_jitter: float = 0.0
     # HTTP requests handled at once before the daemon answers 429.
     max_requests: int = 512
     # Open client connections (keep-alive ones included) before the daemon answers 429.
@@ -130,6 +134,13 @@ def _non_negative_float(raw: str) -> float:
     number = float(raw)
     if not number >= 0 or number == float("inf"):
         raise ValueError(f"must be a number of seconds, 0 or more, got {raw!r}")
+    return number
+
+
+def _share(raw: str) -> float:
+    number = float(raw)
+    if not 0 < number <= 1:
+        raise ValueError(f"must be a fraction above 0 and at most 1, got {raw!r}")
     return number
 
 
@@ -254,6 +265,8 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         log_format=_setting(args, environ, "log_format", _choice("text", "json")),
         event_loop=_setting(args, environ, "event_loop", _choice("asyncio", "uvloop")),
         max_upstream=_setting(args, environ, "max_upstream", _positive_int),
+        aws_quota_share=_setting(args, environ, "aws_quota_share", _share),
+        warmup_jitter=_setting(args, environ, "warmup_jitter", _non_negative_float),
         max_requests=_setting(args, environ, "max_requests", _positive_int),
         max_connections=_setting(args, environ, "max_connections", _positive_int),
         request_timeout=_setting(args, environ, "request_timeout", _positive_float),

@@ -99,13 +99,19 @@ class Daemon:
         await self._listen(self._runner)
         if not settings.warmup:
             self.readiness.ready = True
+        elif settings.warmup_jitter and self._background:
+            # A fleet's warm-ups spread over the jitter; each pod serves on demand until its turn.
+            self.readiness.serve_lazily(f"warm-up within {settings.warmup_jitter:g}s (SIDECAR_WARMUP_JITTER)")
         if self._background:
             if settings.warmup:
-                self._spawn(self._warm_up_then_list())
+                self._spawn(self._warm_up_then_list(self._jitter(0.0, settings.warmup_jitter)))
             self._spawn(self.cache.run_refresher(every=min(1.0, settings.ttl / 20)))
 
     async def warm_up(self) -> None:
-        """List the prefixes and load every value found; retry until AWS answers or refuses."""
+        """List the prefixes and load every value found; retry until AWS answers or refuses.
+
+        While the listing is throttled the daemon serves each key on demand (GetSecretValue has a
+        hundred times the quota) and lists again later, spread out, instead of holding readiness."""
         delay = 1.0
         while True:
             ticket = self.cache.ticket()
@@ -116,10 +122,16 @@ class Daemon:
                 if not error.transient:
                     listing = {}  # listing denied: lazy lookups, already logged
                     break
-                self.readiness.reason = f"AWS not usable yet: {error.code} ({error.hint})"
-                log.warning("warm-up: %s; retrying in %.0fs", self.readiness.reason, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, WARMUP_RETRY_MAX)
+                if error.throttled:
+                    self.readiness.serve_lazily(f"{error.api} is throttled ({error.code}): listing again later")
+                    wait = delay * self._jitter(0.5, 1.5)
+                    delay = min(delay * 2, max(WARMUP_RETRY_MAX, self.settings.list_interval))
+                else:
+                    self.readiness.reason = f"AWS not usable yet: {error.code} ({error.hint})"
+                    wait = delay
+                    delay = min(delay * 2, WARMUP_RETRY_MAX)
+                log.warning("warm-up: %s; retrying in %.0fs", self.readiness.reason, wait)
+                await asyncio.sleep(wait)
         unfetched = self._keep_listed_values(listing, ticket)
         if unfetched:
             ticket = self.cache.ticket()
@@ -127,12 +139,13 @@ class Daemon:
                 self.cache.put_many(await self.source.get_many(unfetched), ticket)
             except UpstreamError as error:
                 log.warning("warm-up could not load values (%s): they are fetched on first use", error.code)
-        self.readiness.ready = True
+        self.readiness.serve_warm()
         log.info("ready: %d entries cached", len(self.cache))
 
     async def list_forever(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.list_interval)
+            # Jittered: a fleet started together does not list together ever after.
+            await asyncio.sleep(self.settings.list_interval * self._jitter(0.9, 1.1))
             ticket = self.cache.ticket()
             with contextlib.suppress(UpstreamError):
                 self._keep_listed_values(await self.catalog.refresh(), ticket)
@@ -142,7 +155,9 @@ class Daemon:
         self.cache.put_many({name: value for name, value in listing.items() if value is not None}, ticket)
         return sorted(name for name, value in listing.items() if value is None)
 
-    async def _warm_up_then_list(self) -> None:
+    async def _warm_up_then_list(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
         await self.warm_up()
         await self.list_forever()
 

@@ -34,6 +34,12 @@ class Metrics:
             ["api", "outcome"],
             registry=self.registry,
         )
+        self.paced_calls = Counter(
+            "sidecar_upstream_paced_calls",
+            "AWS API calls that waited for their turn within SIDECAR_AWS_QUOTA_SHARE, by API.",
+            ["api"],
+            registry=self.registry,
+        )
         self.lookups = LookupCounter(self.registry)
         self.refresh_failures = Counter(
             "sidecar_refresh_failures",

@@ -113,11 +113,22 @@ def _read_with_stamp(path: str) -> tuple[bytes, tuple[int, int, int] | None]:
 
 
 class Readiness:
-    """Ready once the first warm-up ended (or failed over to lazy lookups)."""
+    """Ready once the first warm-up ended, or while it waits its turn or on a throttled listing
+    (then each key is looked up on demand: lazily, which /readyz says)."""
 
     def __init__(self) -> None:
         self.ready = False
+        self.lazy = False
         self.reason = "warming up"
+
+    def serve_lazily(self, reason: str) -> None:
+        self.ready = self.lazy = True
+        self.reason = reason
+
+    def serve_warm(self) -> None:
+        self.ready = True
+        self.lazy = False
+        self.reason = ""
 
 
 def build_app(
@@ -239,6 +250,8 @@ def build_app(
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
+        if readiness.lazy:
+            return web.json_response({"status": "ready", "mode": "lazy", "reason": readiness.reason})
         if readiness.ready:
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "not_ready", "reason": readiness.reason}, status=503)

@@ -172,7 +172,7 @@ async def test_batch_get_denied_falls_back_to_one_by_one(aws, start_sidecar, cap
 
 
 async def test_warm_up_waits_for_aws_and_readyz_says_why(aws, start_sidecar):
-    aws.fail["ListSecrets"] = "ThrottlingException"
+    aws.fail["ListSecrets"] = "InternalServiceError"  # a throttled listing serves lazily: test_quotas.py
     sidecar = await start_sidecar(warmup="true")
     warm_up = asyncio.ensure_future(sidecar.daemon.warm_up())
     while aws.calls["ListSecrets"] < 1:

@@ -13,6 +13,7 @@ from typing import Protocol
 from sidecar.config import Settings
 from sidecar.metrics import Metrics
 from sidecar.sources.aws import Caller, UpstreamError, open_client
+from sidecar.sources.quotas import RateLimits
 
 __all__ = ["Source", "UpstreamError", "open_source"]
 
@@ -42,4 +43,4 @@ async def open_source(settings: Settings, metrics: Metrics) -> AsyncIterator[Sou
     else:
         from sidecar.sources.secretsmanager import SecretsManagerSource as source_class
     async with open_client(source_class.service, settings.store, settings.max_upstream) as client:
-        yield source_class(client, Caller(metrics, settings.max_upstream))
+        yield source_class(client, Caller(metrics, settings.max_upstream, RateLimits(settings.aws_quota_share)))

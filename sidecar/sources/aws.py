@@ -19,6 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 
 from sidecar.config import ConfigError, StoreSettings
 from sidecar.metrics import Metrics
+from sidecar.sources.quotas import RateLimits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,13 +27,17 @@ T = TypeVar("T")
 # Codes that may pass: AWS throttles or fails inside, or the sidecar's own credentials are not
 # usable right now (being renewed, clock skew, keys replaced). These serve stale answers; only a
 # refusal (AccessDenied), a deletion or a decryption failure takes a cached answer away.
-TRANSIENT_CODES = frozenset(
+THROTTLING_CODES = frozenset(
     {
         "ThrottlingException",
         "Throttling",
         "TooManyRequestsException",
         "RequestLimitExceeded",
         "ProvisionedThroughputExceededException",
+    }
+)
+TRANSIENT_CODES = THROTTLING_CODES | frozenset(
+    {
         "InternalServiceError",
         "InternalServerError",
         "InternalFailure",
@@ -79,13 +84,17 @@ class UpstreamError(Exception):
         super().__init__(f"AWS {api} failed: {code}")
 
     @property
+    def throttled(self) -> bool:
+        """AWS refused the call for its rate: ask another API, or later, not this one again now."""
+        return self.code in THROTTLING_CODES
+
+    @property
     def hint(self) -> str:
         if self.code in ("AccessDeniedException", "AccessDenied"):
             return "the sidecar's IAM role lacks a permission; see the README's IAM policy"
         if self.code in CREDENTIAL_CODES:
             return (
-                "the sidecar has no valid AWS credentials (or its clock is off); check its role, profile "
-                "or environment"
+                "the sidecar has no valid AWS credentials (or its clock is off); check its role, profile or environment"
             )
         if self.transient:
             return "AWS is throttling or unreachable; the sidecar retries with back-off"
@@ -176,16 +185,22 @@ async def open_client(service: str, store: StoreSettings, max_upstream: int) -> 
 
 
 class Caller:
-    """Runs AWS calls: at most `max_upstream` at once, each counted and classified."""
+    """Runs AWS calls: each API within the daemon's share of its quota, at most `max_upstream`
+    at once, each counted and classified."""
 
-    def __init__(self, metrics: Metrics, max_upstream: int) -> None:
+    def __init__(self, metrics: Metrics, max_upstream: int, limits: RateLimits) -> None:
         self._metrics = metrics
         self._slots = asyncio.Semaphore(max_upstream)
+        self._limits = limits
 
     async def __call__(
         self, api: str, call: Callable[[], Awaitable[T]], ok_codes: frozenset[str] = frozenset()
     ) -> T | None:
         """Await `call()`; a ClientError whose code is in `ok_codes` returns None (a miss)."""
+        delay = self._limits.delay(api)
+        if delay:
+            self._metrics.paced_calls.labels(api).inc()
+            await asyncio.sleep(delay)
         async with self._slots:
             try:
                 result = await call()

@@ -25,6 +25,9 @@ NOT_FOUND_CODES = frozenset(
 )
 BATCH_SIZE = 20  # BatchGetSecretValue takes at most 20 names per call
 BATCH_RETRY_AFTER = 3600.0  # seconds before a refused BatchGetSecretValue is tried again
+# Seconds before a throttled BatchGetSecretValue (100/s for the account) is tried again; meanwhile
+# GetSecretValue (10,000/s) fetches the names one by one.
+BATCH_THROTTLED_FOR = 60.0
 
 
 class SecretsManagerSource:
@@ -35,7 +38,7 @@ class SecretsManagerSource:
         self._client = client
         self._call = caller
         self._timer = timer
-        self._batch_refused_until: float | None = None  # BatchGetSecretValue denied: one by one until then
+        self._batch_paused_until: float | None = None  # BatchGetSecretValue denied or throttled: one by one
 
     async def get(self, name: str) -> str | None:
         response = await self._call(
@@ -60,19 +63,20 @@ class SecretsManagerSource:
         """The outcome for each of `names`, 20 per call: its value, None, or its own error.
 
         Raises UpstreamError when a whole call fails transiently. If IAM denies
-        BatchGetSecretValue, names are fetched with GetSecretValue for an hour, then it is tried again.
+        BatchGetSecretValue, names are fetched with GetSecretValue for an hour, then it is tried
+        again; if AWS throttles it, for a minute.
         """
         found: dict[str, str | UpstreamError | None] = {}
         for start in range(0, len(names), BATCH_SIZE):
             batch = names[start : start + BATCH_SIZE]
-            if self._batch_refused_until is None or self._timer() >= self._batch_refused_until:
+            if self._batch_paused_until is None or self._timer() >= self._batch_paused_until:
                 try:
                     found.update(await self._batch_get(batch))
                     continue
                 except UpstreamError as error:
-                    if error.transient:
+                    if error.transient and not error.throttled:
                         raise
-                    self._batch_refused(error)
+                    self._pause_batches(error)
             found.update(await self._get_each(batch))
         return found
 
@@ -81,8 +85,8 @@ class SecretsManagerSource:
             "BatchGetSecretValue", lambda: self._client.batch_get_secret_value(SecretIdList=batch)
         )
         assert response is not None
-        if self._batch_refused_until is not None:
-            self._batch_refused_until = None
+        if self._batch_paused_until is not None:
+            self._batch_paused_until = None
             log.info("BatchGetSecretValue works again: secrets are fetched 20 per call")
         found: dict[str, str | UpstreamError | None] = {
             s["Name"]: s.get("SecretString") for s in response.get("SecretValues", [])
@@ -103,11 +107,19 @@ class SecretsManagerSource:
                 raise result
         return dict(zip(names, results, strict=True))  # type: ignore[arg-type]
 
-    def _batch_refused(self, error: UpstreamError) -> None:
-        if self._batch_refused_until is None:
-            log.warning(
-                "BatchGetSecretValue was refused (%s): fetching secrets one by one instead. Allow "
-                "secretsmanager:BatchGetSecretValue on the sidecar's role to cut AWS calls.",
-                error.code,
-            )
-        self._batch_refused_until = self._timer() + BATCH_RETRY_AFTER
+    def _pause_batches(self, error: UpstreamError) -> None:
+        if self._batch_paused_until is None:
+            if error.throttled:
+                log.warning(
+                    "BatchGetSecretValue is throttled (%s): fetching secrets one by one with GetSecretValue "
+                    "for %.0fs instead of retrying it",
+                    error.code,
+                    BATCH_THROTTLED_FOR,
+                )
+            else:
+                log.warning(
+                    "BatchGetSecretValue was refused (%s): fetching secrets one by one instead. Allow "
+                    "secretsmanager:BatchGetSecretValue on the sidecar's role to cut AWS calls.",
+                    error.code,
+                )
+        self._batch_paused_until = self._timer() + (BATCH_THROTTLED_FOR if error.throttled else BATCH_RETRY_AFTER)
