@@ -10,7 +10,8 @@
 3. AWS calls in a simulated day for 200 keys read once a minute, at the default settings;
 S2-S5, the performance targets: a warm hit against the floors (floors.py), hits/s under wrk
 (throughput.py) and instructions per hit under callgrind (instructions.py), a stampede on one
-cold key and 10,000 cached secrets (capacity.py).
+cold key and 10,000 cached secrets (capacity.py); then a KubernetesExecutor task pod's daemon with
+warm-up on and off (taskpod.py).
 
 AWS is moto in server mode with `--latency-ms` added to every request, to model a regional
 round trip. Prints tables and writes every figure, with the environment, to one JSON file.
@@ -41,7 +42,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks import capacity, floors, instructions, throughput
+from tests.benchmarks import capacity, floors, instructions, taskpod, throughput
 from tests.benchmarks.emulator import SlowAwsEmulator
 from tests.benchmarks.report import number, table
 from tests.benchmarks.scenarios import calls_per_day, fresh_processes, warm_latency
@@ -68,6 +69,7 @@ class Plan:
     counted_requests: int
     stampede_clients: int
     cached_entries: int
+    task_pods: int
 
 
 FULL = Plan(
@@ -84,6 +86,7 @@ FULL = Plan(
     counted_requests=1000,
     stampede_clients=500,
     cached_entries=10000,
+    task_pods=3,
 )
 QUICK = Plan(
     n_stock=30,
@@ -99,6 +102,7 @@ QUICK = Plan(
     counted_requests=100,
     stampede_clients=50,
     cached_entries=500,
+    task_pods=1,
 )
 
 
@@ -483,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     progress("S4 and S5: a stampede on one cold key, and the cost of cached secrets")
     report["s4_s5_capacity"] = capacity.run(plan.stampede_clients, plan.cached_entries)
     print(capacity.render(report["s4_s5_capacity"]) + "\n", flush=True)
+    progress("a KubernetesExecutor task pod, warm-up on and off")
+    report["task_pod"] = taskpod.run(rounds=plan.task_pods)
+    print(taskpod.render(report["task_pod"]) + "\n", flush=True)
 
     summary = markdown_summary(report)
     print(summary)
