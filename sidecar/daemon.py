@@ -99,12 +99,12 @@ class Daemon:
         await self._listen(self._runner)
         if not settings.warmup:
             self.readiness.ready = True
-        elif settings.warmup_jitter and self._background:
-            # A fleet's warm-ups spread over the jitter; each pod serves on demand until its turn.
-            self.readiness.serve_lazily(f"warm-up within {settings.warmup_jitter:g}s (SIDECAR_WARMUP_JITTER)")
         if self._background:
             if settings.warmup:
-                self._spawn(self._warm_up_then_list(self._jitter(0.0, settings.warmup_jitter)))
+                delay = self._jitter(0.0, settings.warmup_jitter) if settings.warmup_jitter else 0.0
+                if delay:  # a fleet's warm-ups spread out; each pod serves on demand until its turn
+                    self.readiness.serve_lazily(f"warm-up in {delay:.0f}s (SIDECAR_WARMUP_JITTER)")
+                self._spawn(self._warm_up_then_list(delay))
             self._spawn(self.cache.run_refresher(every=min(1.0, settings.ttl / 20)))
 
     async def warm_up(self) -> None:
