@@ -33,7 +33,8 @@ WARMUP_RETRY_MAX = 30.0
 
 
 class Daemon:
-    """One running sidecar. `background=False` leaves warm-up and refresh passes to the caller."""
+    """One running sidecar. `background=False` leaves warm-up and refresh passes to the caller;
+    `listen=False` serves no HTTP (the caller asks `resolver`); `client` replaces the AWS client."""
 
     def __init__(
         self,
@@ -42,6 +43,8 @@ class Daemon:
         timer: Callable[[], float] = time.monotonic,
         jitter: Callable[[float, float], float] = random.uniform,
         background: bool = True,
+        listen: bool = True,
+        client: Any = None,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
@@ -49,6 +52,8 @@ class Daemon:
         self._timer = timer
         self._jitter = jitter
         self._background = background
+        self._listen_http = listen
+        self._client = client
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -57,7 +62,7 @@ class Daemon:
 
     async def start(self) -> None:
         settings = self.settings
-        self.source = await self._stack.enter_async_context(open_source(settings, self.metrics))
+        self.source = await self._stack.enter_async_context(open_source(settings, self.metrics, self._client))
         self.cache = Cache(
             self.source.get,
             fetch_many=self.source.get_many,
@@ -83,6 +88,20 @@ class Daemon:
             timer=self._timer,
         )
         self.resolver = Resolver(settings.store, self.cache, self.catalog if settings.warmup else None)
+        if self._listen_http:
+            await self._serve_http()
+        if not settings.warmup:
+            self.readiness.ready = True
+        if self._background:
+            if settings.warmup:
+                delay = self._jitter(0.0, settings.warmup_jitter) if settings.warmup_jitter else 0.0
+                if delay:  # a fleet's warm-ups spread out; each pod serves on demand until its turn
+                    self.readiness.serve_lazily(f"warm-up in {delay:.0f}s (SIDECAR_WARMUP_JITTER)")
+                self._spawn(self._warm_up_then_list(delay))
+            self._spawn(self.cache.run_refresher(every=min(1.0, settings.ttl / 20)))
+
+    async def _serve_http(self) -> None:
+        settings = self.settings
         app = build_app(
             settings, self.resolver, self.metrics, self.readiness, Token(settings, self._timer), self._open_connections
         )
@@ -97,15 +116,6 @@ class Daemon:
         )
         await self._runner.setup()
         await self._listen(self._runner)
-        if not settings.warmup:
-            self.readiness.ready = True
-        if self._background:
-            if settings.warmup:
-                delay = self._jitter(0.0, settings.warmup_jitter) if settings.warmup_jitter else 0.0
-                if delay:  # a fleet's warm-ups spread out; each pod serves on demand until its turn
-                    self.readiness.serve_lazily(f"warm-up in {delay:.0f}s (SIDECAR_WARMUP_JITTER)")
-                self._spawn(self._warm_up_then_list(delay))
-            self._spawn(self.cache.run_refresher(every=min(1.0, settings.ttl / 20)))
 
     async def warm_up(self) -> None:
         """List the prefixes and load every value found; retry until AWS answers or refuses.
@@ -136,7 +146,7 @@ class Daemon:
         if unfetched:
             ticket = self.cache.ticket()
             try:
-                self.cache.put_many(await self.source.get_many(unfetched), ticket)
+                self.cache.put_many(await self.source.get_many(unfetched, ahead=True), ticket)
             except UpstreamError as error:
                 log.warning("warm-up could not load values (%s): they are fetched on first use", error.code)
         self.readiness.serve_warm()

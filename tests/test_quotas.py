@@ -10,10 +10,12 @@ import logging
 import time
 
 import pytest
+from botocore.exceptions import ClientError
 
 from sidecar.config import ConfigError
 from sidecar.daemon import Daemon
-from sidecar.sources import secretsmanager
+from sidecar.metrics import Metrics
+from sidecar.sources import UpstreamError, open_source, secretsmanager
 from sidecar.sources.quotas import QUOTAS, RateLimits, TokenBucket
 from tests.support import FakeClock, make_settings
 
@@ -150,29 +152,42 @@ async def _failed_listing_reported(sidecar) -> bool:
     return (await _readyz(sidecar))[1]["reason"] != "warming up"
 
 
-async def test_a_throttled_batch_is_left_alone_for_a_minute_and_get_secret_value_loads_instead(
-    aws, proxy, start_sidecar, caplog
-):
+async def test_a_throttled_batch_at_warm_up_leaves_each_value_to_its_first_use(aws, proxy, start_sidecar, caplog):
+    """Warm-up wants values ahead of use: it does not trade 20 names per call for one call each."""
     for n in range(3):
         aws.put(f"airflow/variables/v{n}", f"value {n}")
     proxy.set("BatchGetSecretValue", "throttle")
     with caplog.at_level(logging.WARNING, logger="sidecar"):
         sidecar = await start_sidecar(backend_kwargs={"endpoint_url": proxy.endpoint}, warm=True)
-    batches = proxy.counts().get("BatchGetSecretValue", 0)
-    assert batches >= 1
-    assert proxy.counts().get("GetSecretValue", 0) == 3  # the warm-up's values, one by one
+    assert proxy.counts().get("BatchGetSecretValue", 0) >= 1
+    assert proxy.counts().get("GetSecretValue", 0) == 0
     assert any("BatchGetSecretValue is throttled" in r.getMessage() for r in caplog.records)
+    assert await _readyz(sidecar) == (200, {"status": "ready"})  # listed: misses answered, values lazy
 
     proxy.reset_counts()
-    for n in range(3):
-        assert await sidecar.get("variables", f"v{n}") == (200, {"value": f"value {n}"}, "hit")
-    assert sum(proxy.counts().values()) == 0
+    assert await sidecar.get("variables", "v0") == (200, {"value": "value 0"}, "miss")
+    assert (await sidecar.get("variables", "absent"))[0] == 404
+    assert proxy.counts() == {"GetSecretValue": 1}  # the value asked for, and nothing for the absent name
 
-    # A refresh within the minute does not knock on the throttled API again.
-    found = await sidecar.daemon.source.get_many(["airflow/variables/v0", "airflow/variables/v1"])
-    assert found == {"airflow/variables/v0": "value 0", "airflow/variables/v1": "value 1"}
-    assert proxy.counts().get("BatchGetSecretValue", 0) == 0
+
+async def test_a_refresh_while_batches_are_throttled_asks_for_each_name_instead(aws, proxy, start_sidecar):
+    """Refresh-ahead wants names in use: GetSecretValue (10,000/s) for each, for a minute."""
+    names = [f"airflow/variables/v{n}" for n in range(2)]
+    for name in names:
+        aws.put(name, "x")
+    proxy.set("BatchGetSecretValue", "throttle")
+    sidecar = await start_sidecar(backend_kwargs={"endpoint_url": proxy.endpoint})
+    source = sidecar.daemon.source
+    assert await source.get_many(names) == dict.fromkeys(names, "x")
     assert proxy.counts().get("GetSecretValue", 0) == 2
+
+    proxy.reset_counts()  # within the minute: the throttled API is left alone
+    assert await source.get_many(names) == dict.fromkeys(names, "x")
+    assert proxy.counts() == {"GetSecretValue": 2}
+    with pytest.raises(UpstreamError) as raised:  # and a warm-up waits for first uses instead
+        await source.get_many(names, ahead=True)
+    assert raised.value.throttled
+    assert proxy.counts() == {"GetSecretValue": 2}
 
 
 async def test_batches_come_back_once_the_pause_is_over(aws, proxy, start_sidecar, monkeypatch):
@@ -207,3 +222,33 @@ async def test_warm_up_jitter_serves_lazily_at_once_then_warms_up(aws):
         assert aws.calls["ListSecrets"] == 3
     finally:
         await daemon.stop()
+
+
+class _BatchesRefused:
+    """An AWS client whose BatchGetSecretValue fails with `code`; counts GetSecretValue calls in flight."""
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def batch_get_secret_value(self, SecretIdList: list[str]) -> dict:  # AWS's argument names
+        raise ClientError({"Error": {"Code": self.code}, "ResponseMetadata": {"HTTPStatusCode": 400}}, "Batch")
+
+    async def get_secret_value(self, SecretId: str) -> dict:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        return {"Name": SecretId, "SecretString": "x"}
+
+
+@pytest.mark.parametrize(("code", "at_once"), [("ThrottlingException", 1), ("AccessDeniedException", 20)])
+async def test_while_batches_are_throttled_names_are_fetched_one_call_at_a_time(aws, code, at_once):
+    """No burst of 20 into a throttling account (nor a pool of connections opened for it); when IAM
+    refuses batches, AWS is not straining and the 20 go together."""
+    client = _BatchesRefused(code)
+    names = [f"airflow/variables/v{n}" for n in range(20)]
+    async with open_source(make_settings(aws), Metrics(), client) as source:
+        assert await source.get_many(names) == dict.fromkeys(names, "x")
+    assert client.most_in_flight == at_once

@@ -6,9 +6,11 @@ exist or cannot be served as a string; any other failure raises `UpstreamError`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from sidecar.config import Settings
 from sidecar.metrics import Metrics
@@ -28,19 +30,28 @@ class Source(Protocol):
         """Every name under `prefix`, with its value where the listing carries it (else None)."""
         ...
 
-    async def get_many(self, names: list[str]) -> dict[str, str | UpstreamError | None]:
+    async def get_many(self, names: list[str], *, ahead: bool = False) -> dict[str, str | UpstreamError | None]:
         """The outcome for each name: its value, None (no such secret), or its own failure.
 
-        Raises UpstreamError when the whole call fails.
+        Raises UpstreamError when the whole call fails. `ahead`: the names are only wanted ahead
+        of use (warm-up), so a throttled batch API is not worked around with one call per name.
         """
         ...
 
 
 @asynccontextmanager
-async def open_source(settings: Settings, metrics: Metrics) -> AsyncIterator[Source]:
+async def open_source(settings: Settings, metrics: Metrics, client: Any = None) -> AsyncIterator[Source]:
+    """The configured source over one AWS client: its own, or `client` (an object with the same
+    methods, such as the fleet simulation's store), which stays the caller's to close."""
     if settings.source == "ssm":
         from sidecar.sources.ssm import ParameterStoreSource as source_class
     else:
         from sidecar.sources.secretsmanager import SecretsManagerSource as source_class
-    async with open_client(source_class.service, settings.store, settings.max_upstream) as client:
-        yield source_class(client, Caller(metrics, settings.max_upstream, RateLimits(settings.aws_quota_share)))
+    # Paced on the event loop's clock: real time in a daemon, simulated time in the simulation.
+    limits = RateLimits(settings.aws_quota_share, asyncio.get_running_loop().time)
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(
+                open_client(source_class.service, settings.store, settings.max_upstream)
+            )
+        yield source_class(client, Caller(metrics, settings.max_upstream, limits))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 from aiobotocore.client import AioBaseClient
@@ -34,11 +32,12 @@ class SecretsManagerSource:
     service = "secretsmanager"
     list_permission = "secretsmanager:ListSecrets"
 
-    def __init__(self, client: AioBaseClient, caller: Caller, timer: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: AioBaseClient, caller: Caller) -> None:
         self._client = client
         self._call = caller
-        self._timer = timer
+        self._timer = asyncio.get_running_loop().time  # simulated time under tests/fleet.py
         self._batch_paused_until: float | None = None  # BatchGetSecretValue denied or throttled: one by one
+        self._batch_throttled = False  # the pause is AWS's throttling: ask one name at a time
 
     async def get(self, name: str) -> str | None:
         response = await self._call(
@@ -59,12 +58,13 @@ class SecretsManagerSource:
                 return names
             request = {**request, "NextToken": page["NextToken"]}
 
-    async def get_many(self, names: list[str]) -> dict[str, str | UpstreamError | None]:
+    async def get_many(self, names: list[str], *, ahead: bool = False) -> dict[str, str | UpstreamError | None]:
         """The outcome for each of `names`, 20 per call: its value, None, or its own error.
 
         Raises UpstreamError when a whole call fails transiently. If IAM denies
         BatchGetSecretValue, names are fetched with GetSecretValue for an hour, then it is tried
-        again; if AWS throttles it, for a minute.
+        again; if AWS throttles it, for a minute, unless the names are only wanted `ahead` of use
+        (warm-up): then the throttling is raised, and each name waits for its first lookup.
         """
         found: dict[str, str | UpstreamError | None] = {}
         for start in range(0, len(names), BATCH_SIZE):
@@ -77,7 +77,13 @@ class SecretsManagerSource:
                     if error.transient and not error.throttled:
                         raise
                     self._pause_batches(error)
-            found.update(await self._get_each(batch))
+                    if error.throttled and ahead:
+                        raise
+            elif self._batch_throttled and ahead:
+                raise UpstreamError("BatchGetSecretValue", "ThrottlingException", True, "paused after throttling")
+            # While AWS throttles the account, one call at a time: no burst of 20, and no connections
+            # opened to AWS beyond the one in use.
+            found.update(await self._get_each(batch, one_at_a_time=self._batch_throttled))
         return found
 
     async def _batch_get(self, batch: list[str]) -> dict[str, str | UpstreamError | None]:
@@ -100,8 +106,12 @@ class SecretsManagerSource:
         found.update(await self._get_each([name for name in batch if name not in found]))
         return found
 
-    async def _get_each(self, names: list[str]) -> dict[str, str | UpstreamError | None]:
-        results = await asyncio.gather(*(self.get(name) for name in names), return_exceptions=True)
+    async def _get_each(self, names: list[str], one_at_a_time: bool = False) -> dict[str, str | UpstreamError | None]:
+        step = 1 if one_at_a_time else max(len(names), 1)
+        results: list[str | UpstreamError | BaseException | None] = []
+        for start in range(0, len(names), step):
+            chunk = names[start : start + step]
+            results += await asyncio.gather(*(self.get(name) for name in chunk), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, UpstreamError):
                 raise result
@@ -123,3 +133,4 @@ class SecretsManagerSource:
                     error.code,
                 )
         self._batch_paused_until = self._timer() + (BATCH_THROTTLED_FOR if error.throttled else BATCH_RETRY_AFTER)
+        self._batch_throttled = error.throttled

@@ -42,8 +42,9 @@ class ParameterStoreSource:
                 return found
             request = {**request, "NextToken": page["NextToken"]}
 
-    async def get_many(self, names: list[str]) -> dict[str, str | UpstreamError | None]:
-        """Values of `names`, 10 per GetParameters call; a name AWS reports invalid maps to None."""
+    async def get_many(self, names: list[str], *, ahead: bool = False) -> dict[str, str | UpstreamError | None]:
+        """Values of `names`, 10 per GetParameters call; a name AWS reports invalid maps to None.
+        (`ahead` changes nothing: Parameter Store's reads share one quota, with nothing to fall back to.)"""
         found: dict[str, str | UpstreamError | None] = {}
         for start in range(0, len(names), BATCH_SIZE):
             batch = names[start : start + BATCH_SIZE]
