@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-airflow2 test-image lint bench soak constraints clean
+.PHONY: demo test test-airflow2 test-image lint bench fleet soak constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,11 @@ test-image: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	tests/benchmarks/prepare.sh
 	$(BIN)/python -m tests.benchmarks.run
+
+# A thousand daemons on a simulated clock against AWS's per-API quotas (tests/fleet.py), about 4
+# minutes on 2 cores; its fast form runs in make test (tests/test_fleet.py).
+fleet: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.fleet
 
 # The daemon as a process, Airflow-like clients, AWS flapping behind a fault layer (tests/soak.py).
 SOAK_SECONDS ?= 60
