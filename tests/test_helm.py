@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "tests" / "data" / "helm"
 VALUES = ROOT / "deploy" / "helm" / "values-sidecar.yaml"
 MANIFEST = ROOT / "deploy" / "kubernetes" / "airflow-worker-with-sidecar.yaml"
+TASK_POD_TEMPLATE = ROOT / "deploy" / "kubernetes" / "pod-template-kubernetes-executor.yaml"
 # Native sidecars (restartPolicy: Always on an init container) are on by default from 1.29.
 KUBERNETES = ("1.29.0", "1.37.0")
 COMPONENTS = ("scheduler", "workers", "dagProcessor", "triggerer", "apiServer")
@@ -116,9 +117,18 @@ def test_the_pod_check_catches_an_unknown_field() -> None:
         kubernetes_validate.validate(pod, KUBERNETES[0], strict=True)
 
 
+@pytest.mark.parametrize("manifest", [MANIFEST, TASK_POD_TEMPLATE], ids=lambda path: path.name)
 @pytest.mark.parametrize("version", KUBERNETES)
-def test_the_kubernetes_manifest_is_valid(version: str) -> None:
-    documents = [doc for doc in yaml.safe_load_all(MANIFEST.read_text()) if doc]
+def test_the_kubernetes_manifests_are_valid(version: str, manifest: Path) -> None:
+    documents = [doc for doc in yaml.safe_load_all(manifest.read_text()) if doc]
     assert documents
     for document in documents:
         kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_task_pods_run_the_daemon_without_warm_up_beside_airflows_base_container() -> None:
+    pod = _load(TASK_POD_TEMPLATE)
+    sidecar = pod["spec"]["initContainers"][0]
+    assert {"name": "SIDECAR_WARMUP", "value": "false"} in sidecar["env"]
+    assert sidecar["restartPolicy"] == "Always"
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["base"]
