@@ -1,9 +1,10 @@
 """AWS's request quotas, and the share of them one daemon may use.
 
-Every daemon of a fleet draws on the same quotas, per account and region. The listing and batch
-APIs have small ones (100 requests/s), so a thousand daemons starting at once would be throttled,
-and would throttle every other client of the account. Each daemon therefore paces its own calls
-to `share` of each quota with a token bucket, and waits for its turn rather than be refused.
+Every daemon of a fleet draws on the same quotas, per account and region, and the listing and
+batch APIs have small ones (100 requests/s). One daemon paces its own calls to `share` of each
+quota with a token bucket, waiting for its turn rather than being refused, so that it alone never
+crowds out the account's other clients; a fleet also spreads its warm-ups (SIDECAR_WARMUP_JITTER,
+sized in the README's "Fleet sizing" from `make fleet`).
 """
 
 from __future__ import annotations
