@@ -174,43 +174,49 @@ def measure(contenders: dict[str, Client], requests: int, rounds: int) -> dict[s
     return samples
 
 
+@contextlib.contextmanager
+def aws_holding_the_probe() -> Iterator[AwsEmulator]:
+    """moto in this process, emptied (its store is per process: nothing left from another section),
+    holding the one variable every contender answers; fake credentials, so nothing reaches AWS."""
+    os.environ.update(aws_env())
+    aws = AwsEmulator()
+    aws.start()
+    aws.reset()
+    aws.put(f"airflow/variables/{KEY}", VALUE)
+    try:
+        yield aws
+    finally:
+        aws.stop()
+
+
 def run(requests: int = 2000, rounds: int = 5) -> dict[str, Any]:
     from sidecar.backend import SidecarSecretsBackend  # imports Airflow: only when run
 
-    os.environ.update(aws_env())  # fake credentials: nothing here may reach real AWS
-    aws = AwsEmulator()
-    aws.start()
-    aws.reset()  # moto's store is per process: nothing left from another section
-    aws.put(f"airflow/variables/{KEY}", VALUE)
     notes = []
-    try:
-        with (
-            tempfile.TemporaryDirectory(prefix="floors-", dir="/tmp") as run_dir,
-            sidecar_process(aws.endpoint) as tcp,
-            sidecar_process(aws.endpoint, unix_socket=f"{run_dir}/s.sock") as unix,
-            trivial_aiohttp() as trivial,
-            nginx() as nginx_port,
-        ):
-            daemon = tcp.port
-            over_tcp = SidecarSecretsBackend(url=tcp.url, token=TOKEN)
-            over_unix = SidecarSecretsBackend(unix_socket=unix.url[len("unix:") :], token=TOKEN)
-            contenders: dict[str, Client] = {
-                "our backend -> daemon (TCP)": lambda: over_tcp.get_variable(KEY),
-                "our backend -> daemon (Unix socket)": lambda: over_unix.get_variable(KEY),
-                "http.client keep-alive -> daemon": http_client(daemon, TOKEN),
-                "raw keep-alive socket -> daemon": raw_client(("127.0.0.1", daemon), TOKEN),
-                "http.client -> trivial aiohttp handler (naive floor)": http_client(trivial, None),
-                "raw socket -> trivial aiohttp handler": raw_client(("127.0.0.1", trivial), None),
-            }
-            if nginx_port is not None:
-                contenders["raw socket -> nginx constant (physical floor)"] = raw_client(
-                    ("127.0.0.1", nginx_port), None
-                )
-            else:
-                notes.append("nginx not installed (apt-get install nginx-light): no physical floor in this run")
-            samples = measure(contenders, requests, rounds)
-    finally:
-        aws.stop()
+    with (
+        aws_holding_the_probe() as aws,
+        tempfile.TemporaryDirectory(prefix="floors-", dir="/tmp") as run_dir,
+        sidecar_process(aws.endpoint) as tcp,
+        sidecar_process(aws.endpoint, unix_socket=f"{run_dir}/s.sock") as unix,
+        trivial_aiohttp() as trivial,
+        nginx() as nginx_port,
+    ):
+        daemon = tcp.port
+        over_tcp = SidecarSecretsBackend(url=tcp.url, token=TOKEN)
+        over_unix = SidecarSecretsBackend(unix_socket=unix.url[len("unix:") :], token=TOKEN)
+        contenders: dict[str, Client] = {
+            "our backend -> daemon (TCP)": lambda: over_tcp.get_variable(KEY),
+            "our backend -> daemon (Unix socket)": lambda: over_unix.get_variable(KEY),
+            "http.client keep-alive -> daemon": http_client(daemon, TOKEN),
+            "raw keep-alive socket -> daemon": raw_client(("127.0.0.1", daemon), TOKEN),
+            "http.client -> trivial aiohttp handler (naive floor)": http_client(trivial, None),
+            "raw socket -> trivial aiohttp handler": raw_client(("127.0.0.1", trivial), None),
+        }
+        if nginx_port is not None:
+            contenders["raw socket -> nginx constant (physical floor)"] = raw_client(("127.0.0.1", nginx_port), None)
+        else:
+            notes.append("nginx not installed (apt-get install nginx-light): no physical floor in this run")
+        samples = measure(contenders, requests, rounds)
     summaries = {name: summarize_us(times) for name, times in samples.items()}
     floor = summaries["http.client -> trivial aiohttp handler (naive floor)"]["p50_us"]
     for summary in summaries.values():

@@ -11,7 +11,6 @@ is where a change to the hit path shows, to a tenth of a per cent. Every answer 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -19,10 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks.floors import KEY, VALUE, WrongValue, raw_client, trivial_aiohttp
+from tests.benchmarks.floors import VALUE, WrongValue, aws_holding_the_probe, raw_client, trivial_aiohttp
 from tests.benchmarks.report import emit, section_parser, table
-from tests.benchmarks.sidecar_process import aws_env, sidecar_process
-from tests.support import TOKEN, AwsEmulator
+from tests.benchmarks.sidecar_process import sidecar_process
+from tests.support import TOKEN
 
 DAEMON = "daemon, cached variable"
 TRIVIAL = "trivial aiohttp handler"
@@ -78,20 +77,12 @@ def _trivial(out_dir: str) -> Iterator[Callable[[], str]]:
 def run(requests: int = 1000) -> dict[str, Any]:
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         return {"skipped": "valgrind not installed (apt-get install valgrind): no instruction counts in this run"}
-    os.environ.update(aws_env())
-    aws = AwsEmulator()
-    aws.start()
-    aws.reset()  # moto's store is per process: nothing left from another section
-    aws.put(f"airflow/variables/{KEY}", VALUE)
-    try:
-        with tempfile.TemporaryDirectory(prefix="callgrind-") as out_dir:
-            with _daemon(aws.endpoint, out_dir) as get:
-                _count(get, requests, out_dir, "daemon")
-            with _trivial(out_dir) as get:
-                _count(get, requests, out_dir, "trivial")
-            counts = {DAEMON: _counted(out_dir, "daemon", requests), TRIVIAL: _counted(out_dir, "trivial", requests)}
-    finally:
-        aws.stop()
+    with aws_holding_the_probe() as aws, tempfile.TemporaryDirectory(prefix="callgrind-") as out_dir:
+        with _daemon(aws.endpoint, out_dir) as get:
+            _count(get, requests, out_dir, "daemon")
+        with _trivial(out_dir) as get:
+            _count(get, requests, out_dir, "trivial")
+        counts = {DAEMON: _counted(out_dir, "daemon", requests), TRIVIAL: _counted(out_dir, "trivial", requests)}
     return {
         "requests": requests,
         "instructions_per_request": counts,

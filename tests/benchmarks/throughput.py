@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import statistics
@@ -20,10 +19,10 @@ import subprocess
 import urllib.request
 from typing import Any
 
-from tests.benchmarks.floors import KEY, VALUE, WrongValue, nginx, trivial_aiohttp
+from tests.benchmarks.floors import KEY, VALUE, WrongValue, aws_holding_the_probe, nginx, trivial_aiohttp
 from tests.benchmarks.report import emit, section_parser, table
-from tests.benchmarks.sidecar_process import aws_env, sidecar_process
-from tests.support import TOKEN, AwsEmulator
+from tests.benchmarks.sidecar_process import sidecar_process
+from tests.support import TOKEN
 
 TARGET = 0.8  # of the trivial aiohttp handler's hits/s
 DAEMON = "daemon, cached variable"
@@ -56,43 +55,35 @@ def run(seconds: int = 1, rounds: int = 15, other_python: str | None = None) -> 
     """`other_python`: an interpreter with the daemon installed, measured as one more row."""
     if shutil.which("wrk") is None:
         return {"skipped": "wrk not installed (apt-get install wrk): no S3 in this run"}
-    os.environ.update(aws_env())
-    aws = AwsEmulator()
-    aws.start()
-    aws.reset()  # moto's store is per process: nothing left from another section
-    aws.put(f"airflow/variables/{KEY}", VALUE)
     notes = []
-    try:
-        with contextlib.ExitStack() as stack:
-            daemons = {
-                DAEMON: stack.enter_context(sidecar_process(aws.endpoint)),
-                UVLOOP: stack.enter_context(sidecar_process(aws.endpoint, event_loop="uvloop")),
-            }
-            if other_python:
-                version = subprocess.run(
-                    [other_python, "-c", "import platform; print(platform.python_version())"],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                    timeout=30,
-                ).stdout.strip()
-                daemons[f"daemon, Python {version}"] = stack.enter_context(sidecar_process(aws.endpoint, other_python))
-            urls = {name: f"{daemon.url}/v1/variables/{KEY}" for name, daemon in daemons.items()}
-            urls[TRIVIAL] = f"http://127.0.0.1:{stack.enter_context(trivial_aiohttp())}/v1/variables/{KEY}"
-            nginx_port = stack.enter_context(nginx())
-            if nginx_port is None:
-                notes.append("nginx not installed (apt-get install nginx-light): no nginx in this run")
-            else:
-                urls[NGINX] = f"http://127.0.0.1:{nginx_port}/v1/variables/{KEY}"
-            for url in urls.values():
-                check(url)
-            rates: dict[str, list[float]] = {name: [] for name in urls}
-            for _ in range(rounds):
-                for name, url in urls.items():
-                    rates[name].append(wrk(url, seconds))
-            check(urls[DAEMON])
-    finally:
-        aws.stop()
+    with aws_holding_the_probe() as aws, contextlib.ExitStack() as stack:
+        daemons = {
+            DAEMON: stack.enter_context(sidecar_process(aws.endpoint)),
+            UVLOOP: stack.enter_context(sidecar_process(aws.endpoint, event_loop="uvloop")),
+        }
+        if other_python:
+            version = subprocess.run(
+                [other_python, "-c", "import platform; print(platform.python_version())"],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout.strip()
+            daemons[f"daemon, Python {version}"] = stack.enter_context(sidecar_process(aws.endpoint, other_python))
+        urls = {name: f"{daemon.url}/v1/variables/{KEY}" for name, daemon in daemons.items()}
+        urls[TRIVIAL] = f"http://127.0.0.1:{stack.enter_context(trivial_aiohttp())}/v1/variables/{KEY}"
+        nginx_port = stack.enter_context(nginx())
+        if nginx_port is None:
+            notes.append("nginx not installed (apt-get install nginx-light): no nginx in this run")
+        else:
+            urls[NGINX] = f"http://127.0.0.1:{nginx_port}/v1/variables/{KEY}"
+        for url in urls.values():
+            check(url)
+        rates: dict[str, list[float]] = {name: [] for name in urls}
+        for _ in range(rounds):
+            for name, url in urls.items():
+                rates[name].append(wrk(url, seconds))
+        check(urls[DAEMON])
     medians = {name: statistics.median(values) for name, values in rates.items()}
     ratios = {
         name: statistics.median(d / t for d, t in zip(rates[name], rates[TRIVIAL], strict=True)) for name in rates
