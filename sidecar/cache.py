@@ -107,9 +107,11 @@ class Cache:
         self._max_stale = max_stale
         self._stale_after = stale_after
         self._metrics = metrics
-        self._lookups = metrics.lookups.counts
-        self._timer = timer
+        self.lookups = metrics.lookups.counts  # the resolver counts the answers it memoised here too
+        self.timer = timer
         self._jitter = jitter
+        # Bumped by every settled fetch: an answer built from `peek` holds while it is unchanged.
+        self.changes = 0
         self._records: TLRUCache[str, Record] = TLRUCache(
             maxsize=max_entries, ttu=lambda _key, record, _now: _expiry(record, max_stale), timer=timer
         )
@@ -130,13 +132,13 @@ class Cache:
 
     async def get(self, key: str, *, refresh: bool = False) -> tuple[Answer, Status]:
         """The answer for `key` and where it came from; raises UpstreamError if there is none."""
-        now = self._timer()
+        now = self.timer()
         record = self._records.get(key)
         if record is not None:
             if refresh and record.known and now - record.fetched_at < REFRESH_MIN_INTERVAL:
                 refresh = False  # fetched moments ago: that answer is as good as a new one
             if not refresh and (value := self._fresh(key, record, now)) is not NOT_CACHED:
-                self.count_hit(value)
+                self.lookups["hit" if value is not None else "negative_hit"] += 1
                 return value, Status.HIT
             if record.failure is not None and now < record.retry_at and not self._outage_over(record):
                 return self._stale_or_raise(key, record.failure)
@@ -153,20 +155,19 @@ class Cache:
             value = await asyncio.shield(fetch)
         except UpstreamError as error:
             return self._stale_or_raise(key, error)
-        self._lookups["miss"] += 1
+        self.lookups["miss"] += 1
         return value, Status.MISS
 
-    def peek(self, key: str) -> Answer | _NotCached:
-        """The fresh answer for `key` with nothing to await, or NOT_CACHED. Not counted in the
-        metrics: the caller counts it with `count_hit` once it has used it."""
+    def peek(self, key: str) -> tuple[Answer, float] | _NotCached:
+        """The fresh answer for `key` with nothing to await and the time it stays fresh until (on
+        `timer`, unless `changes` moves first), or NOT_CACHED. Not counted in the metrics: the
+        caller counts it in `lookups` once it has used it."""
         try:
             record = self._records[key]  # not `get`: that asks the TLRU cache twice
         except KeyError:
             return NOT_CACHED
-        return self._fresh(key, record, self._timer())
-
-    def count_hit(self, value: Answer) -> None:
-        self._lookups["hit" if value is not None else "negative_hit"] += 1
+        value = self._fresh(key, record, self.timer())
+        return NOT_CACHED if value is NOT_CACHED else (value, record.fresh_until)
 
     def _fresh(self, key: str, record: Record, now: float) -> Answer | _NotCached:
         if not record.known or now >= record.fresh_until:
@@ -183,7 +184,7 @@ class Cache:
     async def refresh_due(self) -> int:
         """Refresh the entries that were read and reached their refresh point; return how many were
         asked for (whether AWS answered or not)."""
-        now = self._timer()
+        now = self.timer()
         due = self._due
         if not due or due[0][0] > now:
             return 0
@@ -292,7 +293,8 @@ class Cache:
         if fetch is not None and record.fetch is fetch:
             record.fetch = None  # done: the record's expiry follows its deadlines again
         record.generation = ticket
-        now = self._timer()
+        self.changes += 1
+        now = self.timer()
         if isinstance(result, UpstreamError):
             self._note_failure(key, record, result, now)
         else:
@@ -356,9 +358,9 @@ class Cache:
     def _stale(self, key: str) -> tuple[Answer, Status] | None:
         """The last answer, while it may still be served."""
         record = self._records.get(key)
-        if record is None or not self._servable(record, self._timer()):
+        if record is None or not self._servable(record, self.timer()):
             return None
-        self._lookups["stale"] += 1
+        self.lookups["stale"] += 1
         return record.value, Status.STALE
 
 

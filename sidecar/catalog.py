@@ -43,6 +43,14 @@ class Catalog:
         self._listed_at: float | None = None
         self._denied = False
         self._failing = False  # the last listing failed transiently
+        # Bumped by every listing, good or failed: an answer built from `absent` holds while it is
+        # unchanged, and until `authoritative_until` if a name was absent.
+        self.changes = 0
+
+    @property
+    def authoritative_until(self) -> float:
+        """Until when, on `timer`, a name the last listing lacks is answered as absent (HIT)."""
+        return self._listed_at + self._max_age if self._listed_at is not None else float("-inf")
 
     def absent(self, name: str) -> Status | None:
         """HIT when a fresh listing covers `name` and lacks it, STALE when only an old one does
@@ -72,6 +80,7 @@ class Catalog:
             for prefix in self._prefixes:
                 names.update(await self._source.list_names(prefix))
         except UpstreamError as error:
+            self.changes += 1
             self._failing = error.transient
             if not error.transient and not self._denied:
                 self._denied = True
@@ -89,6 +98,7 @@ class Catalog:
         self._names = frozenset(names)
         self._listed_at = self._timer()
         self._failing = False
+        self.changes += 1
         self._metrics.last_listing.set_to_current_time()
         log.info("listed %d secrets under %d prefixes", len(names), len(self._prefixes))
         return names

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from sidecar.cache import NOT_CACHED, Answer, Cache, Status
+from sidecar.cache import NOT_CACHED, Cache, Status
 from sidecar.catalog import Catalog
 from sidecar.config import StoreSettings
 from sidecar.protocol import TEAM_SEP
@@ -40,7 +41,7 @@ CONN_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 _SEVERITY = {Status.HIT: 0, Status.MISS: 1, Status.STALE: 2}
-MEMO_MAX = 10000  # names and normalised connections remembered; all dropped at once past it
+MEMO_MAX = 10000  # keys and normalised connections remembered; all dropped at once past it
 
 
 class InvalidSecret(Exception):
@@ -51,25 +52,43 @@ class InvalidTeam(ValueError):
     """A team name Airflow would never send."""
 
 
+@dataclass(eq=False, slots=True)
+class _Lookup:
+    """What the resolver knows of one (kind, key, team): the names to try, and the last answer
+    built from the cache and the listing alone, which holds while neither has changed since
+    (`changes`) and until the earliest deadline of what it was built from (`until`)."""
+
+    names: tuple[str, ...]
+    answer: str | None = None
+    results: tuple[str, ...] = ()  # what giving that answer counts in sidecar_cache_lookups
+    changes: int = -1
+    until: float = float("-inf")
+
+
 class Resolver:
     def __init__(self, store: StoreSettings, cache: Cache, catalog: Catalog | None = None) -> None:
         self._store = store
         self._cache = cache
         self._catalog = catalog
+        self._timer = cache.timer
+        self._counts = cache.lookups
         self._connections: dict[str, str] = {}  # stored connection value -> normalised
-        self._names: dict[tuple[str, str, str | None], tuple[str, ...]] = {}  # (kind, key, team) -> names
+        self._lookups: dict[tuple[str, str, str | None], _Lookup] = {}
         self._conn_words = {field: words + store.extra_conn_words.get(field, ()) for field, words in CONN_WORDS.items()}
 
     def names(self, kind: str, key: str, team: str | None = None) -> tuple[str, ...]:
-        """The secret names to try for `key`, in order; empty when none may be looked up.
-        Worked out once per key: a cache hit spends no time on patterns and formatting."""
-        names = self._names.get((kind, key, team))
-        if names is None:
-            names = self._names_for(kind, key, team)
-            if len(self._names) >= MEMO_MAX:
-                self._names.clear()
-            self._names[kind, key, team] = names
-        return names
+        """The secret names to try for `key`, in order; empty when none may be looked up."""
+        return self._lookup(kind, key, team).names
+
+    def _lookup(self, kind: str, key: str, team: str | None) -> _Lookup:
+        """Worked out once per key: a cache hit spends no time on patterns and formatting."""
+        lookup = self._lookups.get((kind, key, team))
+        if lookup is None:
+            lookup = _Lookup(self._names_for(kind, key, team))
+            if len(self._lookups) >= MEMO_MAX:
+                self._lookups.clear()
+            self._lookups[kind, key, team] = lookup
+        return lookup
 
     def _names_for(self, kind: str, key: str, team: str | None) -> tuple[str, ...]:
         if team is not None and not VALID_TEAM.fullmatch(team):
@@ -93,23 +112,45 @@ class Resolver:
     def resolve_cached(self, kind: str, key: str, team: str | None = None) -> tuple[str | None, Status] | None:
         """`resolve` from the cache and the listing alone, with nothing to await; None when only
         `resolve` can answer (a fetch, a back-off or a stale answer is involved)."""
+        lookup = self._lookups.get((kind, key, team)) or self._lookup(kind, key, team)
+        catalog = self._catalog
+        changes = self._cache.changes + (catalog.changes if catalog is not None else 0)
+        if lookup.changes == changes and self._timer() < lookup.until:
+            for result in lookup.results:  # counted as if the cache and the listing were asked
+                self._counts[result] += 1
+            return lookup.answer, Status.HIT
+        return self._answer_cached(kind, lookup, changes)
+
+    def _answer_cached(self, kind: str, lookup: _Lookup, changes: int) -> tuple[str | None, Status] | None:
+        """The answer from peeking at the cache and the listing, memoised in `lookup` if it is a HIT
+        (`changes`: the sum of their change counters, which only grow: an unchanged sum means
+        neither changed)."""
         status = Status.HIT
-        hits: list[Answer] = []
+        results: list[str] = []
+        until = float("inf")
         answer = None
-        for name in self.names(kind, key, team):
+        for name in lookup.names:
             absent = self._catalog.absent(name) if self._catalog is not None else None
             if absent is not None:
                 status = max(status, absent, key=_SEVERITY.__getitem__)
+                if absent is Status.HIT:
+                    results.append("listed_absent")
+                    until = min(until, self._catalog.authoritative_until)  # type: ignore[union-attr]
                 continue
-            value = self._cache.peek(name)
-            if value is NOT_CACHED:
+            peeked = self._cache.peek(name)
+            if peeked is NOT_CACHED:
                 return None
-            hits.append(value)
+            value, fresh_until = peeked
+            results.append("hit" if value is not None else "negative_hit")
+            until = min(until, fresh_until)
             if value is not None:
                 answer = self._normalised(value) if kind == "connections" else value
                 break
-        for value in hits:  # counted once the whole answer came from the cache
-            self._cache.count_hit(value)
+        for result in results:  # counted once the whole answer came from the cache
+            if result != "listed_absent":  # the catalog counted those
+                self._counts[result] += 1
+        if status is Status.HIT:
+            lookup.answer, lookup.results, lookup.changes, lookup.until = answer, tuple(results), changes, until
         return answer, status
 
     async def resolve(

@@ -221,3 +221,36 @@ async def test_a_hit_is_answered_without_a_task_or_a_timer_and_counted_once(aws,
     metrics = running.daemon.metrics.registry
     assert metrics.get_sample_value("sidecar_cache_lookups_total", {"result": "hit"}) == 2
     assert metrics.get_sample_value("sidecar_cache_lookups_total", {"result": "negative_hit"}) == 1
+
+
+def _lookups(sidecar, result: str) -> float:
+    return sidecar.daemon.metrics.registry.get_sample_value("sidecar_cache_lookups_total", {"result": result}) or 0.0
+
+
+async def test_a_hit_answered_many_times_expires_with_its_ttl(aws, start_sidecar):
+    """A key's answer is built once and reused; reused or not, it never outlives the entry's TTL."""
+    aws.put("airflow/variables/v", "old")
+    sidecar = await start_sidecar(ttl=300)
+    assert (await sidecar.get("variables", "v"))[2] == "miss"
+    for _ in range(3):
+        assert await sidecar.get("variables", "v") == (200, {"value": "old"}, "hit")
+    aws.client().put_secret_value(SecretId="airflow/variables/v", SecretString="new")
+    sidecar.clock.advance(299)
+    assert await sidecar.get("variables", "v") == (200, {"value": "old"}, "hit")
+    sidecar.clock.advance(1)
+
+    assert await sidecar.get("variables", "v") == (200, {"value": "new"}, "miss")
+    assert _lookups(sidecar, "hit") == 4  # each answer counted, reused or not
+
+
+async def test_an_absent_name_answered_many_times_stops_being_absent_with_its_listing(aws, start_sidecar):
+    sidecar = await start_sidecar(warm=True, list_interval=60)
+    for _ in range(3):
+        assert (await sidecar.get("variables", "late"))[::2] == (404, "hit")
+    aws.put("airflow/variables/late", "v")
+    sidecar.clock.advance(120)
+    assert (await sidecar.get("variables", "late"))[::2] == (404, "hit")  # two intervals: still authoritative
+    assert _lookups(sidecar, "listed_absent") == 4
+    sidecar.clock.advance(1)
+
+    assert (await sidecar.get("variables", "late"))[:2] == (200, {"value": "v"})
