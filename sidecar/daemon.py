@@ -174,9 +174,9 @@ class Daemon:
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.ensure_future(coroutine))
 
-    def _open_connections(self) -> int:
+    def _open_connections(self) -> list[object]:
         server = self._runner.server if self._runner is not None else None
-        return len(server.connections) if server is not None else 0
+        return server.connections if server is not None else []
 
     async def _listen(self, runner: web.AppRunner) -> None:
         settings = self.settings

@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from aiohttp import web
+from aiohttp.hdrs import CONTENT_TYPE, FORWARDED, ORIGIN, X_FORWARDED_FOR
+from multidict import CIMultiDict, istr
 
 from sidecar.cache import Status
 from sidecar.config import ConfigError, Settings, read_token_file
@@ -28,7 +30,10 @@ from sidecar.sources import UpstreamError
 log = logging.getLogger(__name__)
 
 JSON = "application/json; charset=utf-8"
-FOUND_HEADERS = {status: {"Content-Type": JSON, "X-Cache": status.value} for status in Status}
+# Header names as multidict's case-insensitive keys, and each found answer's headers built once:
+# aiohttp copies a CIMultiDict faster than it reads a dict's keys into one.
+TOKEN_KEY, X_CACHE = istr(TOKEN_HEADER), istr("X-Cache")
+FOUND_HEADERS = {status: CIMultiDict({CONTENT_TYPE: JSON, X_CACHE: status.value}) for status in Status}
 SINGULAR = {"variables": "variable", "connections": "connection", "config": "config option"}
 TOKEN_RECHECK_SECONDS = 1.0
 TOKEN_MISMATCH_RECHECK_SECONDS = 0.1
@@ -57,11 +62,10 @@ class Token:
         if self._file:
             self._value, self._stamp = _read_with_stamp(self._file)
 
-    @property
-    def required(self) -> bool:
-        return bool(self._value)
-
-    def matches(self, offered: str | None) -> bool:
+    def admits(self, offered: str | None) -> bool:
+        """Whether a request offering `offered` in the token header may be served."""
+        if not self._value:
+            return True  # no token configured: loopback alone guards the daemon
         if offered is None:
             return False
         now = self._timer()
@@ -137,9 +141,11 @@ def build_app(
     metrics: Metrics,
     readiness: Readiness,
     token: Token,
-    open_connections: Callable[[], int] = lambda: 0,
+    open_connections: Callable[[], Collection[object]] = tuple,
 ) -> web.Application:
+    """`open_connections`: the server's open connections (aiohttp's request handlers)."""
     in_flight = 0
+    admitted: set[object] = set()  # connections whose first request found room under max_connections
     bodies: dict[str, bytes] = {}  # value -> its encoded body: a hit encodes nothing
 
     # No middleware: aiohttp wraps each request in two more coroutines and a context manager
@@ -147,20 +153,32 @@ def build_app(
     def refused(request: web.Request, open_path: bool = False) -> web.Response | None:
         """The error for a request the daemon does not serve, cheapest checks first; else None."""
         headers = request.headers
-        if "X-Forwarded-For" in headers or "Forwarded" in headers:
+        if X_FORWARDED_FOR in headers or FORWARDED in headers:
             return error(400, "forwarded", "forwarded requests are refused: call the sidecar directly")
-        if "Origin" in headers:
+        if ORIGIN in headers:
             return error(403, "browser", "requests from browsers are refused")
         if request.body_exists:
             return error(413, "body_refused", "requests carry no body")
         if open_path:
             return None
-        if token.required and not token.matches(headers.get(TOKEN_HEADER)):
+        if not token.admits(headers.get(TOKEN_KEY)):
             return error(401, "unauthorized", f"missing or wrong {TOKEN_HEADER} header: use the sidecar's token")
-        if open_connections() > settings.max_connections:
-            # Close it: a client holding many idle keep-alive connections gets them back one by one.
-            return error(429, "busy", "too many open connections", {"Retry-After": "1", "Connection": "close"})
+        if request.protocol not in admitted and not admit(request.protocol):
+            # Closed after the answer: the client retries on a new connection once one of the others has gone.
+            response = error(429, "busy", "too many open connections", {"Retry-After": "1"})
+            response.force_close()  # aiohttp then says `Connection: close` itself
+            return response
         return None
+
+    def admit(connection: object) -> bool:
+        """Whether a connection's first request finds room; counted once per connection, not per hit."""
+        connections = open_connections()
+        if len(connections) > settings.max_connections:
+            return False
+        if len(admitted) >= settings.max_connections:
+            admitted.intersection_update(connections)  # forget the closed ones
+        admitted.add(connection)
+        return True
 
     def lookup_of(kind: str) -> Handler:
         """The handler of one kind: a literal route per kind resolves faster than one pattern."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 import threading
@@ -191,3 +192,39 @@ async def test_our_own_bug_is_a_json_500_that_names_no_value(aws, start_sidecar,
         assert await response.json() == {"error": "internal", "message": "internal error; see the sidecar's log"}
     assert "internal error answering" in caplog.text
     assert "hello" not in caplog.text
+
+
+async def _ask_raw(port: int, connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None):
+    """GET /v1/variables/v on `connection` (a new one if None): (status, the connection)."""
+    reader, writer = connection or await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /v1/variables/v HTTP/1.1\r\nHost: x\r\nX-Sidecar-Token: {TOKEN}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    await asyncio.wait_for(reader.readexactly(int(lengths[0])), 10)
+    return int(head.split()[1]), (reader, writer)
+
+
+async def test_the_connection_limit_refuses_new_connections_and_keeps_serving_admitted_ones(aws, start_sidecar):
+    from aiohttp.web_protocol import RequestHandler
+
+    aws.put("airflow/variables/v", "x")
+    sidecar = await start_sidecar(max_connections=2)
+    port = int(sidecar.url.rsplit(":", 1)[1])
+    first = (await _ask_raw(port))[1]
+    second = (await _ask_raw(port))[1]
+    status, third = await _ask_raw(port)
+    assert status == 429
+    assert await asyncio.wait_for(third[0].read(), 10) == b""  # closed by the daemon
+    idle = await asyncio.open_connection("127.0.0.1", port)  # three open: over the limit
+
+    assert (await _ask_raw(port, first))[0] == 200  # admitted connections are still served
+    assert (await _ask_raw(port, second))[0] == 200
+    for reader_writer in (first, second, idle):
+        reader_writer[1].close()
+    for _ in range(10):  # one after another: each finds room, and the closed ones are forgotten
+        status, (_, writer) = await _ask_raw(port)
+        assert status == 200
+        writer.close()
+        await writer.wait_closed()
+    gc.collect()
+    assert sum(isinstance(o, RequestHandler) for o in gc.get_objects()) <= 4  # not the 12 used
