@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 
 # (host, port) for TCP, a path for a Unix socket.
@@ -44,6 +45,9 @@ def get(address: Address, request: bytes, timeout: float) -> tuple[int, bytes, s
         try:
             sock.sendall(request)
             status, body, retry_after, close = _read_response(sock)
+        except BlockingIOError:  # the kernel's send or receive timeout passed
+            _drop(address)
+            raise TimeoutError(f"the sidecar did not answer within {timeout:g}s") from None
         except (OSError, _Closed) as exc:
             _drop(address)
             if reused and attempt == 1 and not isinstance(exc, TimeoutError):
@@ -62,25 +66,27 @@ def get(address: Address, request: bytes, timeout: float) -> tuple[int, bytes, s
 
 def connection_port(address: Address) -> int | None:
     """The local port of this thread's connection to `address` (None: none open); for tests."""
-    sock = _connections().get(address)
+    sock, _ = _connections().get(address, (None, None))
     return sock.getsockname()[1] if sock is not None and isinstance(address, tuple) else None
 
 
-def _connections() -> dict[Address, socket.socket]:
+def _connections() -> dict[Address, tuple[socket.socket, float]]:
+    """This thread's connections, each with the timeout its socket has."""
     local = _local
     if getattr(local, "pid", None) != os.getpid():  # a fork: the parent's sockets are not ours
         local.pid = os.getpid()
         local.connections = {}
-    connections: dict[Address, socket.socket] = local.connections
+    connections: dict[Address, tuple[socket.socket, float]] = local.connections
     return connections
 
 
 def _connection(address: Address, timeout: float) -> tuple[socket.socket, bool]:
     connections = _connections()
-    sock = connections.get(address)
+    sock, has_timeout = connections.get(address, (None, None))
     if sock is not None:
-        if sock.gettimeout() != timeout:
-            sock.settimeout(timeout)
+        if has_timeout != timeout:
+            _time_out_after(sock, timeout)
+            connections[address] = sock, timeout
         return sock, True
     if isinstance(address, str):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -93,12 +99,25 @@ def _connection(address: Address, timeout: float) -> tuple[socket.socket, bool]:
     else:
         sock = socket.create_connection(address, timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    connections[address] = sock
+    _time_out_after(sock, timeout)
+    connections[address] = sock, timeout
     return sock, False
 
 
+def _time_out_after(sock: socket.socket, timeout: float) -> None:
+    """A blocking socket whose sends and receives the kernel times out (BlockingIOError after
+    `timeout`): Python's own socket timeouts poll() before every call, which doubles the system
+    calls of a lookup."""
+    sock.settimeout(None)
+    seconds = int(timeout)
+    micro = max(int((timeout - seconds) * 1_000_000), 0 if seconds else 1)  # all zero: no timeout at all
+    interval = struct.pack("ll", seconds, micro)  # a struct timeval
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, interval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, interval)
+
+
 def _drop(address: Address) -> None:
-    sock = _connections().pop(address, None)
+    sock, _ = _connections().pop(address, (None, None))
     if sock is not None:
         sock.close()
 

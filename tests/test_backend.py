@@ -693,9 +693,9 @@ def test_unix_socket_kwarg(aws, start_daemon, short_dir):
 
     assert backend.get_variable("v") == "over a unix socket"
     assert backend.get_variable("absent") is None
-    first = client._connections()[path]
+    first = client._connections()[path][0]
     assert backend.get_variable("v") == "over a unix socket"
-    assert client._connections()[path] is first  # kept alive
+    assert client._connections()[path][0] is first  # kept alive
 
 
 def test_unix_socket_not_there_names_the_socket_and_the_command(short_dir):

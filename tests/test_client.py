@@ -3,6 +3,7 @@ framing it must accept, framing it must refuse with a clear error, and closed co
 
 from __future__ import annotations
 
+import queue
 import socket
 import threading
 from collections.abc import Iterator
@@ -118,5 +119,17 @@ def test_a_connection_closed_mid_answer_is_an_os_error():
 
 def test_a_silent_daemon_times_out(serve):
     listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog) but never answers
-    with listener, pytest.raises(TimeoutError):
-        client.get(listener.getsockname()[:2], REQUEST, 0.2)
+    raised: queue.Queue[BaseException | None] = queue.Queue()
+
+    def ask() -> None:
+        try:
+            client.get(listener.getsockname()[:2], REQUEST, 0.2)
+            raised.put(None)
+        except BaseException as exc:
+            raised.put(exc)
+
+    with listener:
+        threading.Thread(target=ask, daemon=True).start()  # a client without its timeout waits forever
+        outcome = raised.get(timeout=10)
+    assert isinstance(outcome, TimeoutError)
+    assert str(outcome) == "the sidecar did not answer within 0.2s"
