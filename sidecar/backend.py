@@ -82,6 +82,24 @@ def _multi_team() -> bool:
     return conf.getboolean("core", "multi_team", fallback=False)
 
 
+_decode = json.JSONDecoder().decode
+_paths: dict[tuple[str, str, str | None], bytes] = {}  # (kind, key, team) -> the request's first bytes
+PATHS_MAX = 4096  # remembered; all dropped at once past it
+
+
+def _path(kind: str, key: str, team: str | None) -> bytes:
+    """`GET /v1/{kind}/{key}[?team=]`, percent-encoded once per key and process."""
+    path = _paths.get((kind, key, team))
+    if path is None:
+        text = f"GET /v1/{kind}/{quote(key, safe='')}"
+        if team:
+            text += f"?team={quote(team, safe='')}"
+        if len(_paths) >= PATHS_MAX:
+            _paths.clear()
+        path = _paths[kind, key, team] = text.encode()
+    return path
+
+
 def _busy_pause(retry_after: str | None) -> float:
     """Seconds to wait after a 429: its Retry-After (delta-seconds), else a short default."""
     try:
@@ -197,29 +215,12 @@ class SidecarSecretsBackend(BaseSecretsBackend):
             return self._ask_aws_directly(kind, key, team)
 
     def _ask(self, kind: str, key: str, team: str | None) -> str | None:
-        path = f"/v1/{kind}/{quote(key, safe='')}"
-        if team:
-            path += f"?team={quote(team, safe='')}"
-        deadline = time.monotonic() + self.timeout  # for retries after 429 and 401, all together
-        token_pauses = iter(TOKEN_RETRY_PAUSES if self._token_file else ())
-        while True:
-            status, body, retry_after = self._request(path)
-            if status == 429:
-                pause = min(_busy_pause(retry_after), deadline - time.monotonic())
-                if pause <= 0:
-                    break
-                time.sleep(pause)  # the daemon is over its request or connection limit: give it room
-                continue
-            if status == 401:
-                pause = next(token_pauses, None)
-                if pause is None or time.monotonic() + pause >= deadline:
-                    break
-                time.sleep(pause)
-                self._token = self._read_token_file()  # the token may have been rotated
-                continue
-            break
+        path = _path(kind, key, team)
+        status, body, retry_after = self._request(path)
+        if status == 429 or status == 401:
+            status, body = self._ask_again(path, status, body, retry_after)
         if status == 200:
-            return json.loads(body)["value"]
+            return _decode(body.decode())["value"]
         if status == 404:
             return None
         try:
@@ -239,7 +240,29 @@ class SidecarSecretsBackend(BaseSecretsBackend):
             )
         raise SidecarError(f"the sidecar at {self._where} answered {status} for {kind} {key!r}: {message}")
 
-    def _request(self, path: str) -> tuple[int, bytes, str | None]:
+    def _ask_again(self, path: bytes, status: int, body: bytes, retry_after: str | None) -> tuple[int, bytes]:
+        """Ask again, within `timeout` in all, while the daemon is busy (429) or refuses a token
+        that may have been rotated since this process read it (401); the last status and body."""
+        deadline = time.monotonic() + self.timeout
+        token_pauses = iter(TOKEN_RETRY_PAUSES if self._token_file else ())
+        while True:
+            if status == 429:
+                pause = min(_busy_pause(retry_after), deadline - time.monotonic())
+                if pause <= 0:
+                    break
+                time.sleep(pause)  # the daemon is over its request or connection limit: give it room
+            elif status == 401:
+                pause = next(token_pauses, None)
+                if pause is None or time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
+                self._token = self._read_token_file()  # the token may have been rotated
+            else:
+                break
+            status, body, retry_after = self._request(path)
+        return status, body
+
+    def _request(self, path: bytes) -> tuple[int, bytes, str | None]:
         """GET `path`: status, body, Retry-After. The first lookup of a process waits up to `startup_wait`."""
         deadline = time.monotonic() + (0 if self._reached else self.startup_wait)
         pause = 0.05
@@ -261,14 +284,14 @@ class SidecarSecretsBackend(BaseSecretsBackend):
             self._reached = True
             return answer
 
-    def _request_once(self, path: str) -> tuple[int, bytes, str | None]:
+    def _request_once(self, path: bytes) -> tuple[int, bytes, str | None]:
         """GET `path` on this thread's keep-alive connection to the daemon."""
         if self._token != self._request_token:  # first use, or a re-read token file
             header = f"{TOKEN_HEADER}: {self._token}\r\n" if self._token else ""
             self._request_tail = f" HTTP/1.1\r\nHost: localhost\r\n{header}\r\n".encode()
             self._request_token = self._token
         try:
-            return client.get(self._address, b"GET " + path.encode() + self._request_tail, self.timeout)
+            return client.get(self._address, path + self._request_tail, self.timeout)
         except client.ProtocolError as exc:
             raise SidecarError(f"the sidecar at {self._where} sent a malformed answer: {exc}") from None
         except OSError as exc:
