@@ -80,8 +80,10 @@ def run(seconds: int = 1, rounds: int = 15, other_python: str | None = None) -> 
         for url in urls.values():
             check(url)
         rates: dict[str, list[float]] = {name: [] for name in urls}
-        for _ in range(rounds):
-            for name, url in urls.items():
+        order = list(urls.items())
+        for round_ in range(rounds):
+            start = round_ % len(order)  # each round starts with the next server, as S2's do
+            for name, url in order[start:] + order[:start]:
                 rates[name].append(wrk(url, seconds))
         check(urls[DAEMON])
     medians = {name: statistics.median(values) for name, values in rates.items()}
