@@ -117,8 +117,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+_STARTED = time.monotonic()
+
+
 def progress(message: str) -> None:
-    print(f"  ... {message}", file=sys.stderr, flush=True)
+    """A line on stderr with the seconds since the run began: where a slow run spent its time."""
+    print(f"  ... [{time.monotonic() - _STARTED:4.0f} s] {message}", file=sys.stderr, flush=True)
 
 
 def environment(argv: list[str]) -> dict[str, Any]:
