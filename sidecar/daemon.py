@@ -22,7 +22,7 @@ from sidecar.catalog import Catalog
 from sidecar.config import ConfigError, Settings
 from sidecar.metrics import Metrics
 from sidecar.resolver import Resolver, listed_prefixes
-from sidecar.server import Readiness, Token, build_app
+from sidecar.server import Readiness, Token, build_handler
 from sidecar.sources import UpstreamError, open_source
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Daemon:
         self._client = client
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self._socket_inode: int | None = None  # the Unix socket this daemon created, to remove at stop
         self.url = ""
 
@@ -102,18 +102,13 @@ class Daemon:
 
     async def _serve_http(self) -> None:
         settings = self.settings
-        app = build_app(
+        handler = build_handler(
             settings, self.resolver, self.metrics, self.readiness, Token(settings, self._timer), self._open_connections
         )
-        self._runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            shutdown_timeout=SHUTDOWN_GRACE,
-            # Idle keep-alive connections count against SIDECAR_MAX_CONNECTIONS: close them after a
-            # minute (aiohttp's default is an hour). The backend reconnects on its own.
-            keepalive_timeout=KEEPALIVE_TIMEOUT,
-        )
+        # Idle keep-alive connections count against SIDECAR_MAX_CONNECTIONS: close them after a
+        # minute (aiohttp's default is an hour). The backend reconnects on its own.
+        server = web.Server(handler, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT)
+        self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
         await self._listen(self._runner)
 
@@ -178,7 +173,7 @@ class Daemon:
         server = self._runner.server if self._runner is not None else None
         return server.connections if server is not None else []
 
-    async def _listen(self, runner: web.AppRunner) -> None:
+    async def _listen(self, runner: web.ServerRunner) -> None:
         settings = self.settings
         if settings.unix_socket:
             path = settings.unix_socket

@@ -109,6 +109,49 @@ async def test_unknown_route_and_method_are_json_errors(aws, start_sidecar):
         assert (await response.json())["error"] == "method_not_allowed"
 
 
+async def _exchange(url: str, method: str, target: str) -> tuple[int, dict[str, str]]:
+    """One request sent byte for byte as written (a client library would normalise the path)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        request = f"{method} {target} HTTP/1.1\r\nHost: x\r\nX-Sidecar-Token: {TOKEN}\r\nConnection: close\r\n\r\n"
+        writer.write(request.encode())
+        head, _, body = (await asyncio.wait_for(reader.read(), timeout=10)).partition(b"\r\n\r\n")
+    finally:
+        writer.close()
+    return int(head.split()[1]), json.loads(body) if body else {}
+
+
+async def test_a_key_is_the_one_segment_after_its_kind_with_escaped_slashes_kept(aws, start_sidecar):
+    aws.put("airflow/variables/team_a/setting", "nested")
+    aws.put("airflow/variables/v", "x")
+    sidecar = await start_sidecar()
+    url = sidecar.url
+
+    assert await _exchange(url, "GET", "/v1/variables/team_a%2Fsetting") == (200, {"value": "nested"})
+    assert await _exchange(url, "GET", "/v1/variables/v?team=") == (200, {"value": "x"})
+    for target in (
+        "/v1/variables/team_a/setting",  # an unescaped slash is a path, not a key
+        "/v1/variables/",
+        "/v1/variables",
+        "/v1/variables/v/",
+        "//v1/variables/v",
+        "/v1//variables/v",
+        "/V1/variables/v",
+        "/v1/variable/v",
+        "/healthz/",
+    ):
+        status, body = await _exchange(url, "GET", target)
+        assert (status, body["error"], body["message"].startswith("no such path")) == (404, "not_found", True), target
+    status, body = await _exchange(url, "GET", "/v1/variables/100%25")  # "100%": no secret may have that name
+    assert (status, body["error"]) == (404, "not_found")
+    assert "no secret name may be looked up" in body["message"]
+    for method, target in (("HEAD", "/healthz"), ("PUT", "/v1/variables/v"), ("DELETE", "/nowhere")):
+        status, _ = await _exchange(url, method, target)
+        assert status == 405, (method, target)
+    assert aws.calls["GetSecretValue"] == 2
+
+
 async def test_health_ready_and_metrics_need_no_token_and_name_no_key(aws, start_sidecar):
     aws.put("airflow/variables/very_private_name", "value-1234")
     sidecar = await start_sidecar(warmup="true")
