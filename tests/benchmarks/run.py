@@ -426,6 +426,19 @@ def markdown_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def floors_alone(requests: int, rounds: int) -> dict[str, Any]:
+    """S2 in a process of its own: its clients time each request in their process, which here
+    holds what the sections before left (Airflow's modules, emulator and manager threads)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        output = Path(scratch) / "s2.json"
+        command = [sys.executable, "-m", "tests.benchmarks.floors", "--requests", str(requests)]
+        command += ["--rounds", str(rounds), "--output", str(output)]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=False)
+        if done.returncode != 0:  # a wrong value read fails the run, as in this process
+            raise RuntimeError(f"S2 failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
+        return json.loads(output.read_text(encoding="utf-8"))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator would log every request
     raw_argv = sys.argv[1:] if argv is None else argv
@@ -484,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         aws.stop()
 
     progress("S2: a warm hit against the floors")
-    report["s2_floors"] = floors.run(plan.floor_requests, plan.floor_rounds)
+    report["s2_floors"] = floors_alone(plan.floor_requests, plan.floor_rounds)
     print(floors.render(report["s2_floors"]) + "\n", flush=True)
     progress("S3: hits/s under wrk")
     report["s3_throughput"] = throughput.run(plan.wrk_seconds, plan.wrk_rounds, args.other_python, plan.wrk_processes)
