@@ -3,9 +3,9 @@
     .venv/bin/python -m tests.benchmarks.throughput [--seconds 1] [--rounds 8] [--processes 3] [--other-python PATH]
 
 `wrk -t1 -c32` (Debian's wrk) asks each server for the same cached variable, with the token
-header, in interleaved rounds. Each Python server runs as several processes (INSTANCES), each
-measured once a round: two processes of the same server differ by up to 8% in hits/s (hash seed,
-memory layout), which one process per server turned into a ratio that moved 0.1 from run to run.
+header, in interleaved rounds. Each Python server runs as several processes (PROCESSES), each
+measured once a round: two processes of the same server differ by 5-30% in hits/s here (hash
+seed, memory layout), which one process per server turned into a ratio that moved 0.1 between runs.
 A server's rate in a round is the mean of its processes'; a ratio is the median of each round's
 ratio to the trivial handler: they run seconds apart, so a shared machine's drift hits both alike.
 A server that answers anything but 2xx fails the run; the figures are reported, never judged.
@@ -30,7 +30,7 @@ from tests.benchmarks.sidecar_process import sidecar_process
 from tests.support import TOKEN
 
 TARGET = 0.8  # of the trivial aiohttp handler's hits/s
-INSTANCES, ROUNDS = 3, 8  # processes per Python server; rounds, each measuring every process once
+PROCESSES, ROUNDS = 3, 8  # processes per Python server; rounds, each measuring every process once
 DAEMON = "daemon, cached variable"
 UVLOOP = "daemon on uvloop (SIDECAR_EVENT_LOOP)"
 TRIVIAL = "trivial aiohttp handler"
@@ -58,17 +58,17 @@ def check(url: str) -> None:
 
 
 def run(
-    seconds: int = 1, rounds: int = ROUNDS, other_python: str | None = None, instances: int = INSTANCES
+    seconds: int = 1, rounds: int = ROUNDS, other_python: str | None = None, processes: int = PROCESSES
 ) -> dict[str, Any]:
     """`other_python`: an interpreter with the daemon installed, measured as one more row;
-    `instances`: processes per Python server."""
+    `processes`: processes per Python server."""
     if shutil.which("wrk") is None:
         return {"skipped": "wrk not installed (apt-get install wrk): no S3 in this run"}
     notes = []
     with aws_holding_the_probe() as aws, contextlib.ExitStack() as stack:
 
         def daemons(python: str = sys.executable, **settings: str) -> list[str]:
-            started = [stack.enter_context(sidecar_process(aws.endpoint, python, **settings)) for _ in range(instances)]
+            started = [stack.enter_context(sidecar_process(aws.endpoint, python, **settings)) for _ in range(processes)]
             return [f"{daemon.url}/v1/variables/{KEY}" for daemon in started]
 
         urls = {DAEMON: daemons(), UVLOOP: daemons(event_loop="uvloop")}
@@ -81,7 +81,7 @@ def run(
                 timeout=30,
             ).stdout.strip()
             urls[f"daemon, Python {version}"] = daemons(other_python)
-        ports = [stack.enter_context(trivial_aiohttp()) for _ in range(instances)]
+        ports = [stack.enter_context(trivial_aiohttp()) for _ in range(processes)]
         urls[TRIVIAL] = [f"http://127.0.0.1:{port}/v1/variables/{KEY}" for port in ports]
         nginx_port = stack.enter_context(nginx())
         if nginx_port is None:
@@ -108,7 +108,7 @@ def run(
     return {
         "seconds": seconds,
         "rounds": rounds,
-        "instances": {name: len(per_round[0]) for name, per_round in measured.items()},
+        "processes": {name: len(per_round[0]) for name, per_round in measured.items()},
         "connections": 32,
         "requests_per_s": rates,
         "requests_per_s_by_process": measured,
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = section_parser("throughput", __doc__)
     parser.add_argument("--seconds", type=int, default=1, help="whole seconds per round (wrk takes no fraction)")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
-    parser.add_argument("--processes", type=int, default=INSTANCES, help="processes per Python server")
+    parser.add_argument("--processes", type=int, default=PROCESSES, help="processes per Python server")
     parser.add_argument("--other-python", help="a Python with the daemon installed (e.g. 3.12): one more row")
     args = parser.parse_args(argv)
     return emit(run(args.seconds, args.rounds, args.other_python, args.processes), render, args.output)
