@@ -152,8 +152,6 @@ def build_handler(
     admitted: set[object] = set()  # connections whose first request found room under max_connections
     bodies: dict[str, bytes] = {}  # value -> its encoded body: a hit encodes nothing
 
-    # Not a middleware (two more coroutines and a context manager per request, a sixth of a
-    # hit's time): each path's handler calls `refused`.
     def refused(request: web.BaseRequest, open_path: bool = False) -> web.Response | None:
         """The error for a request the daemon does not serve, cheapest checks first; else None."""
         headers = request.headers

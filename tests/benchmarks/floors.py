@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks.report import emit, section_parser, summarize_us, table
+from tests.benchmarks.report import emit, section_parser, summarize_us, table, turn
 from tests.benchmarks.sidecar_process import READY_TIMEOUT, aws_env, free_port, sidecar_process
 from tests.support import TOKEN, AwsEmulator
 
@@ -165,10 +165,7 @@ def measure(contenders: dict[str, Client], requests: int, rounds: int) -> dict[s
                 raise WrongValue(f"{name} returned a wrong value")
     order = list(contenders.items())
     for round_ in range(rounds):
-        # Each round starts with the next contender: whichever runs first after another's turn
-        # (caches, the scheduler) is not always the same one.
-        start = round_ % len(order)
-        for name, get in order[start:] + order[:start]:
+        for name, get in turn(order, round_):
             times = samples[name]
             for _ in range(requests):
                 started = clock()

@@ -1,4 +1,4 @@
-"""Summaries and plain-text tables."""
+"""Summaries, plain-text tables, and the order in which a round measures its contenders."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def summarize_us(samples: Sequence[float]) -> dict[str, float]:
@@ -22,6 +24,13 @@ def summarize_us(samples: Sequence[float]) -> dict[str, float]:
         "min_us": min(samples),
         "max_us": max(samples),
     }
+
+
+def turn(order: Sequence[T], round_: int) -> list[T]:
+    """`order` starting with its `round_`-th item: whichever runs first after another's turn
+    (caches, the scheduler) is not the same one in every round."""
+    start = round_ % len(order)
+    return [*order[start:], *order[:start]]
 
 
 def median(values: Sequence[float]) -> float:

@@ -25,7 +25,7 @@ import urllib.request
 from typing import Any
 
 from tests.benchmarks.floors import KEY, VALUE, WrongValue, aws_holding_the_probe, nginx, trivial_aiohttp
-from tests.benchmarks.report import emit, section_parser, table
+from tests.benchmarks.report import emit, section_parser, table, turn
 from tests.benchmarks.sidecar_process import sidecar_process
 from tests.support import TOKEN
 
@@ -93,10 +93,9 @@ def run(
         order = [(name, url) for name, server_urls in urls.items() for url in server_urls]
         measured: dict[str, list[list[float]]] = {name: [] for name in urls}  # per round, each process's rate
         for round_ in range(rounds):
-            start = round_ % len(order)  # each round starts with the next process, as S2's rounds do
             for name in measured:
                 measured[name].append([])
-            for name, url in order[start:] + order[:start]:
+            for name, url in turn(order, round_):
                 measured[name][-1].append(wrk(url, seconds))
         check(urls[DAEMON][0])
     rates = {name: [statistics.mean(values) for values in per_round] for name, per_round in measured.items()}
