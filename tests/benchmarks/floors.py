@@ -7,6 +7,11 @@ connection: our backend over TCP and over the Unix socket; `http.client` and a r
 daemon; `http.client` to a trivial aiohttp handler returning the same body (the naive floor); a raw
 socket to that handler; a raw socket to nginx returning it (the physical floor, when nginx is
 installed). Rounds interleave the contenders so drift on a shared machine hits all alike.
+
+A turn (one contender's requests in a round) during which the hypervisor gave this machine's CPUs to
+something else (steal time in /proc/stat rose) is measured again, up to once per turn on average: on a
+shared VM the host's pauses, not the code under test, make most of the p99. The figures are over the
+turns kept; how many were measured again, and the p99 over every turn, are reported beside them.
 Every answer is checked; timings are reported, never judged.
 """
 
@@ -37,6 +42,7 @@ BODY = json.dumps({"value": VALUE})
 TARGET_P50 = 0.8  # of the naive floor
 TARGET_TAIL = 2.0  # p99 over its own p50
 REQUESTS, ROUNDS = 500, 20  # 10,000 hits per path, in short turns: the machine's drift spreads over all
+PROC_STAT = Path("/proc/stat")
 
 Client = Callable[[], str]
 
@@ -156,24 +162,50 @@ def http_client(port: int, token: str | None) -> Client:
     return get
 
 
-def measure(contenders: dict[str, Client], requests: int, rounds: int) -> dict[str, list[float]]:
+def stolen_ms() -> float:
+    """Steal time so far: CPU time the hypervisor gave to others while this machine's CPUs had work
+    to do (the eighth figure of /proc/stat's cpu line, in clock ticks of 10 ms); 0 where unknown."""
+    try:
+        fields = PROC_STAT.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return 0.0
+    return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
+
+
+def measure(contenders: dict[str, Client], requests: int, rounds: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Samples per contender over the turns kept, and what steal time did: each turn's stolen ms, the
+    turns measured again, and every turn's samples (stolen ones included) per contender."""
     samples: dict[str, list[float]] = {name: [] for name in contenders}
+    every_turn: dict[str, list[float]] = {name: [] for name in contenders}
+    steal: dict[str, Any] = {"stolen_ms_per_turn": [], "measured_again": 0, "kept_with_steal": 0}
     clock = time.perf_counter
     for name, get in contenders.items():  # warm every connection and cache first
         for _ in range(200):
             if get() != VALUE:
                 raise WrongValue(f"{name} returned a wrong value")
     order = list(contenders.items())
+    again_left = rounds * len(order)
     for round_ in range(rounds):
         for name, get in turn(order, round_):
-            times = samples[name]
-            for _ in range(requests):
-                started = clock()
-                value = get()
-                times.append((clock() - started) * 1e6)
-                if value != VALUE:
-                    raise WrongValue(f"{name} returned a wrong value")
-    return samples
+            while True:
+                before, times = stolen_ms(), []
+                for _ in range(requests):
+                    started = clock()
+                    value = get()
+                    times.append((clock() - started) * 1e6)
+                    if value != VALUE:
+                        raise WrongValue(f"{name} returned a wrong value")
+                stolen = stolen_ms() - before
+                steal["stolen_ms_per_turn"].append(stolen)
+                every_turn[name] += times
+                if not stolen or not again_left:
+                    break
+                again_left -= 1
+                steal["measured_again"] += 1
+            steal["kept_with_steal"] += bool(stolen)
+            samples[name] += times
+    steal["every_turn"] = every_turn
+    return samples, steal
 
 
 @contextlib.contextmanager
@@ -218,32 +250,60 @@ def run(requests: int = REQUESTS, rounds: int = ROUNDS) -> dict[str, Any]:
             contenders["raw socket -> nginx constant (physical floor)"] = raw_client(("127.0.0.1", nginx_port), None)
         else:
             notes.append("nginx not installed (apt-get install nginx-light): no physical floor in this run")
-        samples = measure(contenders, requests, rounds)
+        samples, steal = measure(contenders, requests, rounds)
     summaries = {name: summarize_us(times) for name, times in samples.items()}
+    for name, times in steal.pop("every_turn").items():
+        summaries[name]["every_turn_p99_us"] = summarize_us(times)["p99_us"]
     floor = summaries["http.client -> trivial aiohttp handler (naive floor)"]["p50_us"]
     for summary in summaries.values():
         summary["p50_over_floor"] = summary["p50_us"] / floor
         summary["p99_over_p50"] = summary["p99_us"] / summary["p50_us"]
+        summary["every_turn_p99_over_p50"] = summary["every_turn_p99_us"] / summary["p50_us"]
     targets = {
         name: summaries[name]["p50_over_floor"] <= TARGET_P50 and summaries[name]["p99_over_p50"] <= TARGET_TAIL
         for name in ("our backend -> daemon (TCP)", "our backend -> daemon (Unix socket)")
     }
-    return {"requests": requests, "rounds": rounds, "contenders": summaries, "s2_targets_met": targets, "notes": notes}
+    return {
+        "requests": requests,
+        "rounds": rounds,
+        "contenders": summaries,
+        "s2_targets_met": targets,
+        "steal": steal,
+        "notes": notes,
+    }
 
 
 def render(result: dict[str, Any]) -> str:
     rows = [
-        [name, f"{s['p50_us']:.0f}", f"{s['p99_us']:.0f}", f"{s['p50_over_floor']:.2f}", f"{s['p99_over_p50']:.2f}"]
+        [
+            name,
+            f"{s['p50_us']:.0f}",
+            f"{s['p99_us']:.0f}",
+            f"{s['p50_over_floor']:.2f}",
+            f"{s['p99_over_p50']:.2f}",
+            f"{s['every_turn_p99_over_p50']:.2f}",
+        ]
         for name, s in result["contenders"].items()
     ]
     met = ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in result["s2_targets_met"].items())
-    notes = [f"S2 target: p50 <= {TARGET_P50}x the naive floor and p99 <= {TARGET_TAIL}x its own p50. {met}"]
+    steal = result["steal"]
+    notes = [
+        f"S2 target: p50 <= {TARGET_P50}x the naive floor and p99 <= {TARGET_TAIL}x its own p50. {met}",
+        f"Steal: {steal_note(steal)}; {steal['measured_again']} measured again, {steal['kept_with_steal']} kept with "
+        "steal (the last column counts every turn)",
+    ]
     return table(
         f"S2: one warm variable hit ({result['rounds']} x {result['requests']} requests each, rounds interleaved)",
-        ["path", "p50 us", "p99 us", "p50 / naive floor", "p99 / p50"],
+        ["path", "p50 us", "p99 us", "p50 / naive floor", "p99 / p50", "p99 / p50, every turn"],
         rows,
         notes + result["notes"],
     )
+
+
+def steal_note(steal: dict[str, Any]) -> str:
+    stolen = steal["stolen_ms_per_turn"]
+    turns_hit = sum(1 for ms in stolen if ms)
+    return f"the hypervisor took {sum(stolen):,.0f} ms of CPU during {turns_hit} of {len(stolen)} turns"
 
 
 def main(argv: list[str] | None = None) -> int:
