@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_argv = sys.argv[1:] if argv is None else argv
     args = parse_args(raw_argv)
     plan = QUICK if args.quick else FULL
-    started = time.perf_counter()
+    started, stolen_at_start = time.perf_counter(), floors.stolen_ms()
     report: dict[str, Any] = {
         "environment": environment(raw_argv),
         "settings": {"quick": args.quick, "latency_ms": args.latency_ms, "plan": plan.__dict__},
@@ -520,11 +520,13 @@ def main(argv: list[str] | None = None) -> int:
     print(summary)
     report["wall_s"] = time.perf_counter() - started
     report["environment"]["load_average_at_end"] = list(os.getloadavg())
+    report["environment"]["stolen_ms"] = floors.stolen_ms() - stolen_at_start
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     args.output.with_suffix(".md").write_text(summary + "\n", encoding="utf-8")
     print(
-        f"whole run: {report['wall_s']:.0f} s (load average {os.getloadavg()[0]:.2f} at the end); "
+        f"whole run: {report['wall_s']:.0f} s (load average {os.getloadavg()[0]:.2f} at the end, "
+        f"{report['environment']['stolen_ms'] / 1000:.1f} s of CPU taken by the hypervisor); "
         f"figures and environment written to {args.output}, the summary to {args.output.with_suffix('.md')}"
     )
     return 0
