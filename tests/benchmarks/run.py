@@ -77,7 +77,7 @@ class Plan:
 FULL = Plan(
     n_stock=300,
     n_sidecar=2000,
-    processes=50,
+    processes=40,
     day_keys=200,
     day_hours=24,
     day_step=10,
