@@ -86,10 +86,10 @@ def test_a_turn_the_hypervisor_stole_from_is_measured_again_within_a_budget(monk
         calls["a"] += 1
         return floors.VALUE
 
-    samples, steal = floors.measure({"a": get}, requests=3, rounds=2)
+    samples, every_turn, steal = floors.measure({"a": get}, requests=3, rounds=2)
     # round 1: a stolen turn, then a clean one kept; round 2: stolen every time until the budget
     # (one extra turn per turn measured: 2) is spent, then kept with its steal
     assert steal["stolen_ms_per_turn"] == [10.0, 0.0, 10.0, 10.0]
     assert steal["measured_again"] == 2 and steal["kept_with_steal"] == 1
-    assert len(samples["a"]) == 6 and len(steal["every_turn"]["a"]) == 12
+    assert len(samples["a"]) == 6 and len(every_turn["a"]) == 12
     assert calls["a"] == 200 + 12  # the warm-up, then every turn's requests

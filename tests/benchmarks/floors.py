@@ -172,11 +172,14 @@ def stolen_ms() -> float:
     return int(fields[8]) * 1000 / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
-def measure(contenders: dict[str, Client], requests: int, rounds: int) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    """Samples per contender over the turns kept, and what steal time did: each turn's stolen ms, the
-    turns measured again, and every turn's samples (stolen ones included) per contender."""
-    samples: dict[str, list[float]] = {name: [] for name in contenders}
-    every_turn: dict[str, list[float]] = {name: [] for name in contenders}
+Samples = dict[str, list[float]]
+
+
+def measure(contenders: dict[str, Client], requests: int, rounds: int) -> tuple[Samples, Samples, dict[str, Any]]:
+    """Samples per contender over the turns kept, over every turn (stolen ones included), and what
+    steal time did: each turn's stolen ms, the turns measured again, those kept with steal."""
+    samples: Samples = {name: [] for name in contenders}
+    every_turn: Samples = {name: [] for name in contenders}
     steal: dict[str, Any] = {"stolen_ms_per_turn": [], "measured_again": 0, "kept_with_steal": 0}
     clock = time.perf_counter
     for name, get in contenders.items():  # warm every connection and cache first
@@ -204,8 +207,7 @@ def measure(contenders: dict[str, Client], requests: int, rounds: int) -> tuple[
                 steal["measured_again"] += 1
             steal["kept_with_steal"] += bool(stolen)
             samples[name] += times
-    steal["every_turn"] = every_turn
-    return samples, steal
+    return samples, every_turn, steal
 
 
 @contextlib.contextmanager
@@ -250,9 +252,9 @@ def run(requests: int = REQUESTS, rounds: int = ROUNDS) -> dict[str, Any]:
             contenders["raw socket -> nginx constant (physical floor)"] = raw_client(("127.0.0.1", nginx_port), None)
         else:
             notes.append("nginx not installed (apt-get install nginx-light): no physical floor in this run")
-        samples, steal = measure(contenders, requests, rounds)
+        samples, every_turn, steal = measure(contenders, requests, rounds)
     summaries = {name: summarize_us(times) for name, times in samples.items()}
-    for name, times in steal.pop("every_turn").items():
+    for name, times in every_turn.items():
         summaries[name]["every_turn_p99_us"] = summarize_us(times)["p99_us"]
     floor = summaries["http.client -> trivial aiohttp handler (naive floor)"]["p50_us"]
     for summary in summaries.values():
