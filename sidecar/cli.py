@@ -59,6 +59,12 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         "--warmup-jitter",
         help="seconds to spread a fleet's warm-ups over, serving lazily meanwhile (default 0; SIDECAR_WARMUP_JITTER)",
     )
+    add(
+        "--task-pod",
+        action="store_const",
+        const="true",
+        help="this pod runs one task: no warm-up, no jitter (SIDECAR_TASK_POD)",
+    )
     add("--max-requests", help=f"requests in flight before 429 (default {_d('max_requests')}; SIDECAR_MAX_REQUESTS)")
     add(
         "--max-connections",

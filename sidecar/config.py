@@ -244,6 +244,13 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
             "a network policy keeps everyone else out"
         )
     token, token_file = _token(args, environ)
+    warmup = _setting(args, environ, "warmup", _bool)
+    warmup_jitter = _setting(args, environ, "warmup_jitter", _non_negative_float)
+    # A pod that runs one task (KubernetesExecutor) fetches what the task reads and nothing else,
+    # whatever the rest of its settings say: the Helm values share one sidecar spec between Celery
+    # workers and task pods and tell them apart by the label Airflow puts on task pods only.
+    if _setting(args, environ, "task_pod", _bool, False):
+        warmup, warmup_jitter = False, 0.0
     return Settings(
         store=store,
         host=host,
@@ -259,14 +266,14 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         negative_ttl=_setting(args, environ, "negative_ttl", _non_negative_float),
         max_stale=_setting(args, environ, "max_stale", _non_negative_float),
         max_entries=_setting(args, environ, "max_entries", _positive_int),
-        warmup=_setting(args, environ, "warmup", _bool),
+        warmup=warmup,
         list_interval=_setting(args, environ, "list_interval", _positive_float, ttl),
         log_level=_setting(args, environ, "log_level", _choice("debug", "info", "warning", "error")).upper(),
         log_format=_setting(args, environ, "log_format", _choice("text", "json")),
         event_loop=_setting(args, environ, "event_loop", _choice("asyncio", "uvloop")),
         max_upstream=_setting(args, environ, "max_upstream", _positive_int),
         aws_quota_share=_setting(args, environ, "aws_quota_share", _share),
-        warmup_jitter=_setting(args, environ, "warmup_jitter", _non_negative_float),
+        warmup_jitter=warmup_jitter,
         max_requests=_setting(args, environ, "max_requests", _positive_int),
         max_connections=_setting(args, environ, "max_connections", _positive_int),
         request_timeout=_setting(args, environ, "request_timeout", _positive_float),

@@ -181,6 +181,20 @@ def test_warmup_flag_true_wins_over_env_false():
     assert load({"SIDECAR_WARMUP": "false"}, warmup=True).warmup is True
 
 
+@pytest.mark.parametrize("task_pod", [{"SIDECAR_TASK_POD": "True"}, {"SIDECAR_TASK_POD": "true"}, {}])
+def test_a_task_pod_neither_warms_up_nor_waits_for_its_turn(task_pod):
+    """"True" is the value of the `kubernetes_executor` label that Airflow puts on task pods; the
+    Helm values hand it to the sidecar, whose spec is the Celery workers' too."""
+    settings = load({"SIDECAR_WARMUP": "true", "SIDECAR_WARMUP_JITTER": "60", **task_pod})
+    assert (settings.warmup, settings.warmup_jitter) == ((False, 0.0) if task_pod else (True, 60.0))
+    assert load(warmup=True, warmup_jitter="60", task_pod="true").warmup is False
+
+
+def test_an_empty_task_pod_setting_is_a_long_lived_pod():
+    # A label the pod lacks reaches the container as an empty variable.
+    assert load({"SIDECAR_TASK_POD": "", "SIDECAR_WARMUP_JITTER": "60"}).warmup_jitter == 60.0
+
+
 def test_allow_remote_flag_and_env():
     assert load(host="0.0.0.0", allow_remote="true").allow_remote is True
     assert load({"SIDECAR_HOST": "0.0.0.0", "SIDECAR_ALLOW_REMOTE": "yes"}).allow_remote is True
@@ -302,6 +316,7 @@ def test_extra_conn_words_map_user_to_login():
         ("request_timeout", "0"),
         ("request_timeout", "slow"),
         ("warmup", "maybe"),
+        ("task_pod", "perhaps"),
         ("allow_remote", "sure"),
         ("log_level", "verbose"),
         ("log_format", "xml"),
