@@ -148,7 +148,8 @@ def test_sidecar_containers_stay_on_loopback(path: Path) -> None:
         # Native sidecar: up before Airflow, down after it.
         assert list_key in INIT_LISTS and container.get("restartPolicy") == "Always"
         # The kubelet probes the pod IP, where the daemon does not listen: probes must run inside.
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert {"startupProbe", "livenessProbe"} <= set(container), "the kubelet waits for a daemon that listens"
+        for probe in {"startupProbe", "livenessProbe", "readinessProbe"} & set(container):
             assert set(container[probe]) & {"httpGet", "tcpSocket", "grpc"} == set()
             assert container[probe]["exec"]["command"][:2] == ["airflow-secrets-sidecar", "probe"]
 
