@@ -6,7 +6,8 @@ beside the socket, starts `airflow-secrets-sidecar serve` detached, and waits un
 Processes racing it wait on the lock, then connect. The daemon runs in its own session and its
 launcher exits at once, so it is reparented to the container's init: it outlives the task that
 started it, a Ctrl-C or a `killpg` of Airflow's process group does not reach it, and it is never a
-zombie of an Airflow process. It reads the same `SIDECAR_*` variables as ever.
+zombie of an Airflow process. It starts with the container's environment, not the caller's
+(`daemon_environment`), and reads the same `SIDECAR_*` variables as ever.
 
 Beside the socket, in a directory only this user may write (made 0700 if missing):
   <socket>.lock   the start lock
@@ -46,6 +47,11 @@ with open(sys.argv[1], "w") as pid_file:
 """
 
 
+# Airflow's settings that name this backend: where one holds it, that environment configured Airflow.
+BACKEND_SETTINGS = ("AIRFLOW__SECRETS__BACKEND", "AIRFLOW__WORKERS__SECRETS_BACKEND")
+BACKEND_CLASS = "sidecar.backend.SidecarSecretsBackend"
+
+
 class StartError(Exception):
     """The daemon could not be started, or did not come up; the message says where to look."""
 
@@ -71,6 +77,24 @@ def daemon_command(autostart: bool | str) -> list[str]:
         "deploy/astro/Dockerfile.snippet) or install 'airflow-secrets-sidecar[daemon]' in this environment, "
         "or set 'autostart' to the path of an airflow-secrets-sidecar executable"
     )
+
+
+def daemon_environment(proc: str = "/proc") -> dict[str, str]:
+    """The environment the daemon starts with: the container's, not the calling process's.
+
+    Whichever process looks up first starts the daemon, which then serves every later one for the
+    container's life: a task that set AWS_* or SIDECAR_* for its own work must lend it nothing. The
+    container's environment is PID 1's (tini's, Astro's init), taken when this user may read it and
+    it is the one that set Airflow to use this backend; elsewhere (a host's init) this process's."""
+    try:
+        with open(f"{proc}/1/environ", "rb") as handle:
+            items = handle.read().split(b"\0")
+    except OSError:
+        return dict(os.environ)
+    container = dict(os.fsdecode(item).split("=", 1) for item in items if b"=" in item)
+    if not any(container.get(name) == BACKEND_CLASS for name in BACKEND_SETTINGS):
+        return dict(os.environ)
+    return container
 
 
 def ensure_running(unix_socket: str, command: list[str], env: dict[str, str], wait: float = START_WAIT) -> int | None:

@@ -310,7 +310,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         assert self.unix_socket
         if self._start_failure and time.monotonic() - self._start_failure[0] < AUTOSTART_RETRY:
             raise SidecarUnreachable(self._start_failure[1])
-        env = dict(os.environ)
+        env = autostart.daemon_environment()
         if self._token_file:
             env["SIDECAR_TOKEN_FILE"] = self._token_file
             env.pop("SIDECAR_TOKEN", None)

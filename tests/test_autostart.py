@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -156,7 +157,7 @@ def test_a_daemon_that_cannot_start_gives_a_clear_error_naming_its_log(aws, daem
         backend.get_variable("greeting")
     message = str(raised.value)
     assert "exited at start" in message and str(run_dir / "sidecar.log") in message
-    assert "SIDECAR_BACKEND_KWARGS" in message and "unsupported keys ['password']" in message
+    assert "SIDECAR_BACKEND_KWARGS" in message and "['password']" in message
     assert "hunter2" not in message  # the daemon never echoes the JSON
     # Within the next seconds the same error comes back at once, with no second start.
     started = time.monotonic()
@@ -214,3 +215,41 @@ def test_the_cli_finds_an_autostarted_daemon_and_its_token(aws, daemon_env, run_
     assert missing.returncode == 1
     assert "404, X-Cache: " in missing.stderr and "no secret named airflow/variables/absent" in missing.stderr
     assert cli("probe").returncode == 0
+
+
+# PID 1 of a container (tini's stand-in): runs one task-like process that set its own AWS key, whose
+# lookup starts the daemon, then reports the environment the daemon got and exits, ending the
+# namespace as tini's exit ends a container.
+CONTAINER_INIT = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+task = "from airflow.sdk import Variable; print(Variable.get('greeting'))"
+env = {**os.environ, "AWS_ACCESS_KEY_ID": "task-set-this", "SIDECAR_LOG_LEVEL": "error"}
+value = subprocess.run([sys.executable, "-c", task], env=env, capture_output=True, text=True, check=True).stdout
+pid = int((Path(sys.argv[1]) / "sidecar.pid").read_text())
+daemon = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+print(json.dumps({"value": value.strip().splitlines()[-1], "pid": os.getpid(), "daemon": {k: daemon.get(k) for k in env}}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="a PID namespace needs root")
+def test_the_daemon_takes_the_containers_environment_not_the_tasks_that_started_it(aws, daemon_env, run_dir, tmp_path):
+    aws.put("airflow/variables/greeting", "signed as the container")
+    container = airflow_env(
+        tmp_path,
+        AIRFLOW__SECRETS__BACKEND=BACKEND,
+        AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps({"autostart": True, "unix_socket": str(run_dir / "s.sock")}),
+        AWS_ACCESS_KEY_ID="the-containers-key",
+        SIDECAR_LOG_LEVEL="info",
+        **{k: v for k, v in daemon_env.items() if k != "SIDECAR_LOG_LEVEL"},
+    )
+    command = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", CONTAINER_INIT, str(run_dir)]
+    result = subprocess.run(command, env=container, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr + (run_dir / "sidecar.log").read_text()
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert report["pid"] == 1 and report["value"] == "signed as the container"
+    assert report["daemon"]["AWS_ACCESS_KEY_ID"] == "the-containers-key"
+    assert report["daemon"]["SIDECAR_LOG_LEVEL"] == "info"
+    assert set(aws.access_keys) == {"the-containers-key"}  # every call to AWS, in the container's name
+    assert _daemons(str(run_dir / "s.sock")) == []  # PID 1 gone: the kernel ended the daemon with it
