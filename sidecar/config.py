@@ -36,8 +36,23 @@ DEFAULT_PREFIXES: dict[str, dict[str, str]] = {
 # The keys `_standardize_secret_keys` of the provider knows; `user` is its alias of `login`.
 CONN_FIELDS = ("login", "password", "host", "port", "schema", "conn_type", "extra")
 
-# AWS client options the provider reads from its kwargs (through AwsConnectionWrapper).
-AWS_KEYS = ("role_arn", "assume_role_kwargs", "region_name", "profile_name", "endpoint_url", "verify")
+# AWS client options the provider reads from its kwargs: its own (api_version, use_ssl) and those of
+# the AWS connection it builds from them (AwsConnectionWrapper). Each reaches the daemon's client.
+AWS_KEYS = (
+    "role_arn",
+    "assume_role_method",
+    "assume_role_kwargs",
+    "region_name",
+    "profile_name",
+    "endpoint_url",
+    "verify",
+    "api_version",
+    "use_ssl",
+    "config_kwargs",
+    "service_config",
+    *("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "session_kwargs"),
+)
+CREDENTIAL_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 BACKEND_KWARGS_KEYS = frozenset(
     [f"{kind}_prefix" for kind in KINDS]
     + [f"{kind}_lookup_pattern" for kind in KINDS]
@@ -78,6 +93,14 @@ class StoreSettings:
     profile_name: str | None = None
     endpoint_url: str | None = None
     verify: bool | str | None = None
+    api_version: str | None = None
+    use_ssl: bool | None = None
+    # botocore.config.Config's options, over the daemon's own.
+    config_kwargs: dict[str, Any] = field(default_factory=dict)
+    # STS's endpoint for role_arn (the provider's service_config {"sts": {"endpoint_url": ...}}).
+    sts_endpoint_url: str | None = None
+    # Access key, secret key and session token given in the JSON, as the provider takes them.
+    credentials: tuple[str, str, str | None] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -335,8 +358,8 @@ def parse_backend_kwargs(raw: str, source: str = "secretsmanager") -> StoreSetti
     unknown = sorted(set(data) - BACKEND_KWARGS_KEYS)
     if unknown:
         raise ConfigError(
-            f"{_KWARGS} has unsupported keys {unknown}; supported: {sorted(BACKEND_KWARGS_KEYS)}. "
-            "Give AWS credentials through the standard chain (env, profile, IRSA, instance role)"
+            f"{_KWARGS} has keys neither the provider's backend nor its AWS connection reads: {unknown} "
+            f"(misspelt?); the keys: {sorted(BACKEND_KWARGS_KEYS)}"
         )
     if source == "ssm":
         only_secretsmanager = sorted({"sep", "extra_conn_words"} & set(data))
@@ -361,6 +384,15 @@ def parse_backend_kwargs(raw: str, source: str = "secretsmanager") -> StoreSetti
     verify = data.get("verify")
     if verify is not None and not isinstance(verify, (bool, str)):
         raise ConfigError(f"{_KWARGS}: 'verify' must be true, false or a CA bundle path")
+    use_ssl = data.get("use_ssl")
+    if use_ssl is not None and not isinstance(use_ssl, bool):
+        raise ConfigError(f"{_KWARGS}: 'use_ssl' must be true or false")
+    if data.get("assume_role_method", "assume_role") != "assume_role":
+        raise ConfigError(
+            f"{_KWARGS}: 'assume_role_method' {data['assume_role_method']!r} is not supported, only "
+            "'assume_role'; for web identity (IRSA) drop role_arn: the standard chain assumes the role"
+        )
+    sts = _typed(data, "service_config", dict, {}).get("sts") or {}
     return StoreSettings(
         kinds=kinds,
         source=source,
@@ -372,7 +404,26 @@ def parse_backend_kwargs(raw: str, source: str = "secretsmanager") -> StoreSetti
         profile_name=_typed(data, "profile_name", str, None),
         endpoint_url=_typed(data, "endpoint_url", str, None),
         verify=verify,
+        api_version=_typed(data, "api_version", str, None),
+        use_ssl=use_ssl,
+        config_kwargs=_typed(data, "config_kwargs", dict, {}),
+        sts_endpoint_url=sts.get("endpoint_url") if isinstance(sts, dict) else None,
+        credentials=_credentials(data),
     )
+
+
+def _credentials(data: dict[str, Any]) -> tuple[str, str, str | None] | None:
+    """Keys given in the JSON, or in its session_kwargs, as the provider's AWS connection reads them;
+    None leaves credentials to the standard chain. Error messages name keys, never values."""
+    nested = _typed(data, "session_kwargs", dict, {})
+    access, secret, token = (data.get(key) or nested.get(key) for key in CREDENTIAL_KEYS)
+    if access is None and secret is None:
+        if token is not None:
+            raise ConfigError(f"{_KWARGS}: 'aws_session_token' needs 'aws_access_key_id' and 'aws_secret_access_key'")
+        return None
+    if not (isinstance(access, str) and isinstance(secret, str) and isinstance(token, (str, type(None)))):
+        raise ConfigError(f"{_KWARGS}: 'aws_access_key_id' and 'aws_secret_access_key' must both be strings")
+    return access, secret, token
 
 
 def _typed(data: dict[str, Any], key: str, kind: type[T], default: Any) -> Any:

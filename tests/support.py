@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+import re
 import socket
 import threading
 from collections import Counter
@@ -59,6 +60,7 @@ class AwsEmulator(ThreadedMotoServer):
         super().__init__(ip_address="127.0.0.1", port=0, verbose=False)
         self.calls: Counter[str] = Counter()
         self.names: list[str] = []
+        self.access_keys: Counter[str] = Counter()  # the key id each signed request was signed with
         self.fail: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -70,9 +72,11 @@ class AwsEmulator(ThreadedMotoServer):
             environ["wsgi.input"] = io.BytesIO(body)
             api, names = _describe(environ, body)
             if api:
+                signed = re.search(r"Credential=([^/]+)/", environ.get("HTTP_AUTHORIZATION", ""))
                 with self._lock:
                     self.calls[api] += 1
                     self.names.extend(names)
+                    self.access_keys[signed[1] if signed else ""] += 1
                 code = next((self.fail[f"{api}:{name}"] for name in names if f"{api}:{name}" in self.fail), None)
                 code = code or self.fail.get(api) or self.fail.get("*")
                 if code:
@@ -112,6 +116,7 @@ class AwsEmulator(ThreadedMotoServer):
         with self._lock:
             self.calls.clear()
             self.names.clear()
+            self.access_keys.clear()
 
     def total(self) -> int:
         return sum(self.calls.values())

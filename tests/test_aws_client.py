@@ -33,3 +33,43 @@ async def test_missing_region_is_a_configuration_error(aws, start_sidecar, monke
     monkeypatch.delenv("AWS_REGION", raising=False)
     with pytest.raises(ConfigError, match="region_name"):
         await start_sidecar(backend_kwargs={"region_name": None})
+
+
+async def test_the_providers_client_options_reach_the_client(aws, start_sidecar):
+    aws.put("airflow/variables/v", "with the provider's options")
+    aws.fail["GetSecretValue:airflow/variables/down"] = "InternalServiceError"
+    options = {"use_ssl": False, "api_version": "2017-10-17", "config_kwargs": {"retries": {"total_max_attempts": 1}}}
+    sidecar = await start_sidecar(backend_kwargs=options)
+
+    assert (await sidecar.get("variables", "v"))[:2] == (200, {"value": "with the provider's options"})
+    calls = aws.calls["GetSecretValue"]
+    assert (await sidecar.get("variables", "down"))[0] == 503
+    assert aws.calls["GetSecretValue"] == calls + 1  # config_kwargs' one attempt, not the daemon's three
+
+
+@pytest.mark.parametrize("where", ["top level", "session_kwargs"])
+async def test_keys_in_the_json_sign_the_calls_as_the_providers_connection_would(aws, start_sidecar, where):
+    keys = {"aws_access_key_id": "AKIAFROMTHEJSON", "aws_secret_access_key": "from-the-json"}
+    aws.put("airflow/variables/v", "signed")
+    sidecar = await start_sidecar(backend_kwargs=keys if where == "top level" else {"session_kwargs": keys})
+
+    assert (await sidecar.get("variables", "v"))[0] == 200
+    assert set(aws.access_keys) == {"AKIAFROMTHEJSON"}
+
+
+async def test_service_config_names_the_sts_endpoint_for_role_arn(aws, start_sidecar, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL_STS", raising=False)
+    aws.put("airflow/variables/v", "as the role")
+    sidecar = await start_sidecar(
+        backend_kwargs={
+            "role_arn": "arn:aws:iam::123456789012:role/airflow-secrets",
+            "service_config": {"sts": {"endpoint_url": aws.endpoint}},
+        }
+    )
+    assert (await sidecar.get("variables", "v"))[0] == 200
+    assert aws.calls["AssumeRole"] == 1
+
+
+async def test_a_config_kwargs_option_botocore_lacks_is_a_configuration_error(aws, start_sidecar):
+    with pytest.raises(ConfigError, match=r"'config_kwargs'.*connect_timeout_ms"):
+        await start_sidecar(backend_kwargs={"config_kwargs": {"connect_timeout_ms": 5}})

@@ -358,6 +358,48 @@ def test_backend_kwargs_must_be_an_object(raw):
     assert "JSON object" in kwargs_error(raw)
 
 
+def test_a_key_nothing_reads_is_refused_by_name_with_the_keys_there_are():
+    message = kwargs_error({"variable_prefix": FAKE_SECRET})
+
+    assert "['variable_prefix'] (misspelt?)" in message and "'variables_prefix'" in message
+    assert FAKE_SECRET not in message and "credentials" not in message
+
+
+def test_every_key_the_providers_client_reads_moves_unchanged():
+    """The kwargs of the provider's own tests and docs: its client options and its AWS connection's."""
+    store = parse_backend_kwargs(
+        json.dumps(
+            {
+                "api_version": "2017-10-17",
+                "use_ssl": False,
+                "config_kwargs": {"connect_timeout": 5},
+                "service_config": {"sts": {"endpoint_url": "https://sts.example"}, "s3": {"bucket": "x"}},
+                "assume_role_method": "assume_role",
+                "session_kwargs": {"aws_access_key_id": "AKIAEXAMPLE", "aws_secret_access_key": FAKE_SECRET},
+            }
+        )
+    )
+    assert (store.api_version, store.use_ssl, store.config_kwargs) == ("2017-10-17", False, {"connect_timeout": 5})
+    assert store.sts_endpoint_url == "https://sts.example"
+    assert store.credentials == ("AKIAEXAMPLE", FAKE_SECRET, None)
+    assert FAKE_SECRET not in repr(store)
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"assume_role_method": "assume_role_with_saml"}, "'assume_role_method'"),
+        ({"use_ssl": "no"}, "'use_ssl'"),
+        ({"aws_session_token": FAKE_SECRET}, "'aws_session_token'"),
+        ({"aws_access_key_id": "AKIAEXAMPLE"}, "'aws_secret_access_key'"),
+        ({"config_kwargs": ["connect_timeout"]}, "'config_kwargs'"),
+    ],
+)
+def test_a_client_option_the_daemon_cannot_honour_is_refused_by_name(data, named):
+    message = kwargs_error(data)
+    assert named in message and FAKE_SECRET not in message
+
+
 def test_unknown_key_is_named_but_its_value_is_not():
     message = kwargs_error({"aws_secret_access_key": FAKE_SECRET})
 

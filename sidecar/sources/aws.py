@@ -131,8 +131,9 @@ class _AssumeRoleProvider(CredentialProvider):
     async def load(self) -> AioDeferredRefreshableCredentials:
         source_credentials = await self._base.get_credentials()
         extra_args = {"RoleSessionName": "airflow-secrets-sidecar", **self._store.assume_role_kwargs}
+        sts = {"region_name": self._store.region_name, "endpoint_url": self._store.sts_endpoint_url}
         fetcher = AioAssumeRoleCredentialFetcher(
-            client_creator=functools.partial(self._base.create_client, region_name=self._store.region_name),
+            client_creator=functools.partial(self._base.create_client, **sts),
             source_credentials=source_credentials,
             role_arn=self._store.role_arn,
             extra_args=extra_args,
@@ -141,10 +142,14 @@ class _AssumeRoleProvider(CredentialProvider):
 
 
 def _session(store: StoreSettings) -> AioSession:
+    """The standard credential chain, unless the kwargs gave keys; role_arn assumed on top of either."""
+    base = AioSession(profile=store.profile_name)
+    if store.credentials:
+        base.set_credentials(*store.credentials)
+    if not store.role_arn:
+        return base
     session = AioSession(profile=store.profile_name)
-    if store.role_arn:
-        provider = _AssumeRoleProvider(AioSession(profile=store.profile_name), store)
-        session.get_component("credential_provider").insert_before("env", provider)
+    session.get_component("credential_provider").insert_before("env", _AssumeRoleProvider(base, store))
     return session
 
 
@@ -157,15 +162,22 @@ async def open_client(service: str, store: StoreSettings, max_upstream: int) -> 
         retries={"mode": RETRY_MODE, "total_max_attempts": 3},
         connect_timeout=3,
         read_timeout=10,
-        max_pool_connections=max_upstream,
     )
+    try:
+        config = config.merge(AioConfig(**store.config_kwargs))  # the user's config_kwargs win...
+    except TypeError as exc:
+        raise ConfigError(f"--backend-kwargs / SIDECAR_BACKEND_KWARGS: 'config_kwargs': {exc}") from None
+    # ...but the pool stays sized for the calls the daemon allows in flight.
+    config = config.merge(AioConfig(max_pool_connections=max_upstream))
+    options = {
+        "region_name": store.region_name,
+        "endpoint_url": store.endpoint_url,
+        "verify": store.verify,
+        "api_version": store.api_version,
+        "use_ssl": store.use_ssl,
+    }
     kwargs: dict[str, Any] = {"config": config}
-    if store.region_name:
-        kwargs["region_name"] = store.region_name
-    if store.endpoint_url:
-        kwargs["endpoint_url"] = store.endpoint_url
-    if store.verify is not None:
-        kwargs["verify"] = store.verify
+    kwargs.update((key, value) for key, value in options.items() if value not in (None, ""))
     try:
         client_context = _session(store).create_client(service, **kwargs)
         client = await client_context.__aenter__()
