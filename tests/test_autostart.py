@@ -228,7 +228,8 @@ env = {**os.environ, "AWS_ACCESS_KEY_ID": "task-set-this", "SIDECAR_LOG_LEVEL": 
 value = subprocess.run([sys.executable, "-c", task], env=env, capture_output=True, text=True, check=True).stdout
 pid = int((Path(sys.argv[1]) / "sidecar.pid").read_text())
 daemon = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
-print(json.dumps({"value": value.strip().splitlines()[-1], "pid": os.getpid(), "daemon": {k: daemon.get(k) for k in env}}))
+report = {"value": value.strip().splitlines()[-1], "pid": os.getpid(), "daemon": {k: daemon.get(k) for k in env}}
+print(json.dumps(report))
 """
 
 
