@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-airflow2 test-image test-helm lint bench fleet soak constraints clean
+.PHONY: demo test test-pythons test-airflow2 test-image test-helm lint bench fleet soak constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,19 @@ $(VENV)/.dev-installed: pyproject.toml constraints-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -c constraints-dev.txt -e '.[dev]'
 	touch $@ $(VENV)/.demo-installed
 
+DEMO_PORT ?= 2779
 demo: $(VENV)/.demo-installed
-	$(BIN)/airflow-secrets-sidecar demo
+	$(BIN)/airflow-secrets-sidecar demo --port $(DEMO_PORT)
 
 test: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Both commands on every other Python the README names (tests/pythons.py): pyenv's 3.10, 3.12, 3.13
+# and Debian's own python3, each in a .venv-py<version> of its own; make test whole on the lowest
+# and Debian's.
+test-pythons:
+	$(PYTHON) -m tests.pythons
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
@@ -86,14 +93,17 @@ SOAK_SECONDS ?= 60
 soak: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.soak --seconds $(SOAK_SECONDS)
 
-# After changing dependencies: resolve afresh (slow), then pin the result for everyone.
+# After changing dependencies: one resolution for every Python the package supports (uv's universal
+# mode writes markers where a version differs), keeping each pin that still fits; UPGRADE=1 resolves
+# afresh.
 constraints:
 	rm -rf .venv-constraints
 	$(PYTHON) -m venv .venv-constraints
-	.venv-constraints/bin/python -m pip install -q --upgrade pip
-	.venv-constraints/bin/python -m pip install -q -e '.[helm]'
-	{ sed -n '1,3p' constraints-dev.txt; .venv-constraints/bin/python -m pip freeze --exclude-editable \
-	  | grep -v '^airflow-secrets-sidecar'; } > constraints-dev.txt.new
+	.venv-constraints/bin/python -m pip install -q uv
+	sed '1,3d' constraints-dev.txt > .venv-constraints/pins.txt
+	.venv-constraints/bin/uv pip compile -q --universal --python-version 3.10 --no-header --no-annotate \
+	  $(if $(UPGRADE),--upgrade) --extra helm -o .venv-constraints/pins.txt pyproject.toml
+	{ sed -n '1,3p' constraints-dev.txt; cat .venv-constraints/pins.txt; } > constraints-dev.txt.new
 	mv constraints-dev.txt.new constraints-dev.txt
 	rm -rf .venv-constraints
 
