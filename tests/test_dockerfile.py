@@ -46,3 +46,52 @@ def test_the_base_is_an_argument_defaulting_to_slim_python_and_the_build_uses_th
     assert re.search(r"^FROM \$\{BASE_IMAGE\}$", text, re.MULTILINE)
     assert "-c /src/constraints-dev.txt '/src[daemon,uvloop]'" in text  # runtime extras only
     assert "!constraints-dev.txt" in (ROOT / ".dockerignore").read_text().splitlines()
+
+
+def _requirements(lines: list[str]) -> dict[str, set[str]]:
+    """Name -> its pins with their markers, as written."""
+    from packaging.requirements import Requirement
+
+    pins: dict[str, set[str]] = {}
+    for line in lines:
+        requirement = Requirement(line)
+        pins.setdefault(requirement.name.lower().replace("_", "-"), set()).add(str(requirement))
+    return pins
+
+
+def _daemon_closure() -> set[str]:
+    """Every distribution the daemon extra needs in this environment, from the installed metadata."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    wanted, seen = ["aiohttp", "multidict", "aiobotocore", "cachetools", "prometheus-client"], set()
+    while wanted:
+        name = wanted.pop().lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                wanted.append(requirement.name)
+    return seen
+
+
+def test_the_pinned_daemon_extra_holds_the_tested_versions_of_all_it_needs() -> None:
+    """`[daemon-pinned]` (the Astro recipe installs it) is constraints-dev.txt's pins of the daemon's
+    dependencies, markers and all. When `make constraints` moves them, this says what to write."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["daemon-pinned"]
+    assert extra[0] == "airflow-secrets-sidecar[daemon]"
+    pinned = _requirements(extra[1:])
+    constraints = [line for line in (ROOT / "constraints-dev.txt").read_text().splitlines() if not line.startswith("#")]
+    tested = _requirements(constraints)
+    expected = {name: tested[name] for name in pinned.keys() | _daemon_closure()}
+    assert pinned == expected, "daemon-pinned should read:\n" + "\n".join(
+        f"    '{pin}'," for name in sorted(expected) for pin in sorted(expected[name])
+    )
