@@ -271,8 +271,10 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     warmup_jitter = _setting(args, environ, "warmup_jitter", _non_negative_float)
     # A pod that runs one task (KubernetesExecutor) fetches what the task reads and nothing else,
     # whatever the rest of its settings say: the Helm values share one sidecar spec between Celery
-    # workers and task pods and tell them apart by the label Airflow puts on task pods only.
-    if _setting(args, environ, "task_pod", _bool, False):
+    # workers and task pods and tell them apart by the label Airflow puts on task pods only. A daemon
+    # autostarted inside a task pod's own container sees the variable Airflow sets there.
+    task_pod_by_airflow = environ.get("AIRFLOW_IS_K8S_EXECUTOR_POD", "").lower() == "true"
+    if _setting(args, environ, "task_pod", _bool, task_pod_by_airflow):
         warmup, warmup_jitter = False, 0.0
     return Settings(
         store=store,

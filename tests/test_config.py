@@ -190,6 +190,12 @@ def test_a_task_pod_neither_warms_up_nor_waits_for_its_turn(task_pod):
     assert load(warmup=True, warmup_jitter="60", task_pod="true").warmup is False
 
 
+def test_a_daemon_in_a_task_pods_own_container_knows_it_from_airflow():
+    # KubernetesExecutor sets AIRFLOW_IS_K8S_EXECUTOR_POD in the task's container, where autostart runs.
+    assert load({"AIRFLOW_IS_K8S_EXECUTOR_POD": "True"}).warmup is False
+    assert load({"AIRFLOW_IS_K8S_EXECUTOR_POD": "True", "SIDECAR_TASK_POD": "false"}).warmup is True
+
+
 def test_an_empty_task_pod_setting_is_a_long_lived_pod():
     # A label the pod lacks reaches the container as an empty variable.
     assert load({"SIDECAR_TASK_POD": "", "SIDECAR_WARMUP_JITTER": "60"}).warmup_jitter == 60.0
