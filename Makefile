@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-pythons test-airflow2 test-image test-helm lint bench fleet soak constraints clean
+.PHONY: demo test test-pythons test-airflow2 test-airflow-versions test-image test-helm test-astro lint bench fleet soak constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ $(AIRFLOW2_VENV)/.installed: tests/airflow2/requirements.txt pyproject.toml | $(
 test-airflow2: $(VENV)/.dev-installed $(AIRFLOW2_VENV)/.installed
 	AIRFLOW2_PYTHON=$(AIRFLOW2_VENV)/bin/python $(BIN)/python -m tests.airflow2.run
 
+# The backend under each Airflow minor release Astro Runtime ships or shipped recently (2.10, 3.0 to
+# 3.3), each in a virtualenv of its own on Python 3.12 where pyenv has it (tests/airflow_versions/).
+test-airflow-versions: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.airflow_versions.run
+
 # The Docker image, built and run for real. On a Debian machine as root (CI), tests/image/prepare.sh
 # installs docker.io and debootstrap, starts dockerd, and builds the base image once: no registry
 # is reachable there. Elsewhere, IMAGE_BASE=python:3.12-slim (the Dockerfile's default) with a
@@ -63,6 +68,14 @@ IMAGE_BASE ?= airflow-secrets-sidecar-base:bookworm
 test-image: $(VENV)/.dev-installed
 	if [ "$(IMAGE_BASE)" = airflow-secrets-sidecar-base:bookworm ]; then tests/image/prepare.sh $(IMAGE_BASE); fi
 	SIDECAR_TEST_BASE_IMAGE=$(IMAGE_BASE) $(BIN)/python -m pytest -p no:cacheprovider -s tests/image/image_checks.py
+
+# The Astro recipe built into an Airflow image in the shape of Astro Runtime (tini as PID 1, uid
+# 50000, a global pip constraint) and run as `astro dev` runs it: api-server, scheduler,
+# dag-processor and triggerer containers, Postgres, a DAG triggered through the REST API, moto on
+# the host (tests/astro/). tests/astro/prepare.sh builds the images once, cached by their inputs.
+test-astro: $(VENV)/.dev-installed
+	tests/astro/prepare.sh
+	$(BIN)/python -m pytest -p no:cacheprovider -s tests/astro/astro_checks.py
 
 # The official Airflow chart rendered with deploy/helm/values-sidecar.yaml by a real helm (4 and 3),
 # every pod checked (tests/helm/chart_checks.py). tests/helm/prepare.sh installs the helm binaries
@@ -108,4 +121,4 @@ constraints:
 	rm -rf .venv-constraints
 
 clean:
-	rm -rf $(VENV) $(AIRFLOW2_VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(AIRFLOW2_VENV) .venv-py* .venv-airflow-* build *.egg-info .pytest_cache .ruff_cache
