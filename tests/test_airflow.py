@@ -86,7 +86,10 @@ out = {
 }
 if "--config" in sys.argv:
     from airflow.configuration import conf as core_conf
-    from airflow.sdk.configuration import conf as sdk_conf
+    try:
+        from airflow.sdk.configuration import conf as sdk_conf
+    except ImportError:  # before Airflow 3.2 the Task SDK reads the core's conf
+        sdk_conf = core_conf
     out["config_core"] = core_conf.get("api", "secret_key")
     out["config_sdk"] = sdk_conf.get("api", "secret_key")
 os.environ["_AIRFLOW_PROCESS_CONTEXT"] = "server"
