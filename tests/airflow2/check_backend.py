@@ -1,4 +1,5 @@
-"""Airflow 2.10 reads Variables and Connections through `sidecar.backend.SidecarSecretsBackend`.
+"""Airflow 2.10 reads Variables and Connections through `sidecar.backend.SidecarSecretsBackend`: in a
+plain process, in `airflow dags test`, and from a daemon it autostarts.
 
 Run with the Airflow 2.10 interpreter (`.venv-airflow2/bin/python tests/airflow2/check_backend.py`), with
 a daemon whose store holds SECRETS (`tests/airflow2/run.py` sets that up) and these environment variables:
@@ -141,6 +142,83 @@ def mismatches(out: dict[str, Any], url: str, stderr: str) -> list[str]:
     return problems
 
 
+# A DAG for `airflow dags test`: a Variable at parse time, a Connection and a Variable in its task.
+DAG_FILE = r"""
+import pendulum
+from airflow.decorators import dag, task
+from airflow.hooks.base import BaseHook
+from airflow.models import Variable
+
+GREETING = Variable.get("greeting")  # parse time
+
+
+@dag(dag_id="airflow2_sidecar", schedule=None, start_date=pendulum.datetime(2024, 1, 1), catchup=False)
+def airflow2_sidecar():
+    @task
+    def read():
+        conn = BaseHook.get_connection("pg")
+        print("AIRFLOW2-DAG", GREETING == Variable.get("greeting"), conn.host, conn.login)
+
+    read()
+
+
+airflow2_sidecar()
+"""
+
+
+def airflow_env(home: str, kwargs: dict[str, Any]) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AIRFLOW", "_AIRFLOW"))}
+    env.update(
+        AIRFLOW_HOME=home,
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=os.path.join(home, "dags"),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
+        AIRFLOW__SECRETS__BACKEND="sidecar.backend.SidecarSecretsBackend",
+        AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps(kwargs),
+    )
+    return env
+
+
+def run_dag(url: str, token: str) -> list[str]:
+    """`airflow dags test` of DAG_FILE through the daemon at `url`; the problems found."""
+    with tempfile.TemporaryDirectory(prefix="airflow2-dag-") as home:
+        os.makedirs(os.path.join(home, "dags"))
+        with open(os.path.join(home, "dags", "airflow2_sidecar.py"), "w") as handle:
+            handle.write(DAG_FILE)
+        env = airflow_env(home, {"url": url, "token": token, "startup_wait": 0})
+        airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+        for args in (["db", "migrate"], ["dags", "test", "airflow2_sidecar"]):
+            result = subprocess.run([airflow, *args], env=env, cwd=home, capture_output=True, text=True, timeout=300)
+            if result.returncode != 0:
+                return [f"airflow {' '.join(args)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"]
+        logs = ""
+        for folder, _, files in os.walk(os.path.join(home, "logs")):
+            for name in files:
+                with open(os.path.join(folder, name)) as handle:
+                    logs += handle.read()
+    printed = [line for line in (result.stdout + result.stderr + logs).splitlines() if "AIRFLOW2-DAG" in line]
+    if not any("AIRFLOW2-DAG True db.example.com user" in line for line in printed):
+        return [f"the DAG's task did not read what it should: {printed or result.stdout[-2000:]}"]
+    return []
+
+
+def run_autostart(daemon: str, daemon_kwargs: str) -> list[str]:
+    """A fresh Airflow 2.10 process that finds no daemon starts one (autostart) and reads through it."""
+    with tempfile.TemporaryDirectory(prefix="airflow2-autostart-") as home:
+        unix_socket = os.path.join(home, "run", "s.sock")
+        env = airflow_env(home, {"autostart": daemon, "unix_socket": unix_socket})
+        env.update(SIDECAR_BACKEND_KWARGS=daemon_kwargs, SIDECAR_WARMUP="false")
+        code = "from airflow.models import Variable; print(Variable.get('greeting'))"
+        result = subprocess.run([sys.executable, "-c", code], env=env, cwd=home, capture_output=True, text=True)
+        pid_file = os.path.join(home, "run", "sidecar.pid")
+        if os.path.exists(pid_file):
+            with open(pid_file) as handle:
+                os.kill(int(handle.read()), 15)  # the daemon outlives its starter: stop it
+    if result.returncode != 0 or result.stdout.strip().splitlines()[-1:] != [EXPECTED["greeting"]]:
+        return [f"autostart: {result.stdout[-1000:]}{result.stderr[-2000:]}"]
+    return []
+
+
 def main() -> int:
     try:
         url, token = os.environ["AIRFLOW2_CHECK_URL"], os.environ["AIRFLOW2_CHECK_TOKEN"]
@@ -151,7 +229,9 @@ def main() -> int:
     if out is None:
         print(f"FAILED: the Airflow 2.10 lookup process failed ({sys.executable}):\n{stderr}", file=sys.stderr)
         return 1
-    problems = mismatches(out, url, stderr)
+    problems = mismatches(out, url, stderr) + run_dag(url, token)
+    if os.environ.get("AIRFLOW2_CHECK_DAEMON"):
+        problems += run_autostart(os.environ["AIRFLOW2_CHECK_DAEMON"], os.environ["AIRFLOW2_CHECK_DAEMON_KWARGS"])
     if problems:
         print(f"FAILED: Airflow {out.get('airflow_version')} through the sidecar backend:", file=sys.stderr)
         for problem in problems:
@@ -159,7 +239,9 @@ def main() -> int:
         return 1
     print(
         f"ok: Airflow {out['airflow_version']} read 2 variables, 2 connections (URI and JSON) and a config option "
-        f"through {out['backend']} ({out['backend_file']}) at {url}; misses were None"
+        f"through {out['backend']} ({out['backend_file']}) at {url}; misses were None; `airflow dags test` read "
+        "a Variable at parse time and a Connection and a Variable in its task"
+        + ("; a fresh process autostarted a daemon, read through it" if os.environ.get("AIRFLOW2_CHECK_DAEMON") else "")
     )
     return 0
 

@@ -9,6 +9,7 @@ never asked for the secrets).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 from tests.airflow2.check_backend import SECRETS
-from tests.support import FAKE_AWS_ENV, TOKEN, AwsEmulator, DaemonThread, make_settings
+from tests.support import FAKE_AWS_ENV, REGION, TOKEN, AwsEmulator, DaemonThread, make_settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK = Path(__file__).with_name("check_backend.py")
@@ -38,6 +39,10 @@ def main() -> int:
         with DaemonThread(make_settings(aws, warmup="false")) as sidecar:
             env = {name: value for name, value in os.environ.items() if not name.startswith("SIDECAR_")}
             env.update(AIRFLOW2_CHECK_URL=sidecar.daemon.url, AIRFLOW2_CHECK_TOKEN=TOKEN)
+            # For autostart: this environment's daemon, against the same emulation.
+            kwargs = json.dumps({"region_name": REGION, "endpoint_url": aws.endpoint})
+            daemon = str(Path(sys.executable).with_name("airflow-secrets-sidecar"))
+            env.update(AIRFLOW2_CHECK_DAEMON=daemon, AIRFLOW2_CHECK_DAEMON_KWARGS=kwargs)
             code = subprocess.run([python, str(CHECK)], env=env, cwd=REPO, timeout=300).returncode
         asked = set(aws.names)
     finally:

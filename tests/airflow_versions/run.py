@@ -6,7 +6,8 @@ Airflow 3.0-3.3: the project's own Airflow test modules, unchanged, run by that 
 reading through the backend in both config sections, `airflow dags test` of a DAG that reads a
 Variable at parse time and a Connection and a Variable in its task, autostart from fresh Airflow
 processes, and the differential corpus against that version's amazon provider. Airflow 2.10:
-`tests/airflow2/` (its own Python API; the daemon runs from this environment).
+`tests/airflow2/` in its own Python API (lookups, `airflow dags test`, autostart; the daemon runs
+from this environment, and no amazon provider is there for the differential corpus).
 
     .venv/bin/python -m tests.airflow_versions.run [--only 3.0 3.2]
 """
