@@ -12,6 +12,18 @@ from airflow.sdk import BaseHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
+def described(conn) -> dict:
+    """What a check compares of a Connection: the password as its digest, never the password."""
+    return {
+        "conn_type": conn.conn_type,
+        "host": conn.host,
+        "login": conn.login,
+        "port": conn.port,
+        "schema": conn.schema,
+        "password_sha256": hashlib.sha256((conn.password or "").encode()).hexdigest(),
+    }
+
+
 class ConnectionTrigger(BaseTrigger):
     def __init__(self, conn_id: str) -> None:
         super().__init__()
@@ -21,14 +33,4 @@ class ConnectionTrigger(BaseTrigger):
         return "sidecar_astro_trigger.ConnectionTrigger", {"conn_id": self.conn_id}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        conn = await BaseHook.aget_connection(self.conn_id)
-        yield TriggerEvent(
-            {
-                "conn_type": conn.conn_type,
-                "host": conn.host,
-                "login": conn.login,
-                "port": conn.port,
-                "schema": conn.schema,
-                "password_sha256": hashlib.sha256((conn.password or "").encode()).hexdigest(),
-            }
-        )
+        yield TriggerEvent(described(await BaseHook.aget_connection(self.conn_id)))
