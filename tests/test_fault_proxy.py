@@ -16,8 +16,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
-from tests.faults import FaultProxy
-from tests.support import REGION, AwsEmulator
+from tests.faults import FaultProxy, _Lag
+from tests.support import REGION, AwsEmulator, FakeClock
 
 NAME = "airflow/variables/k"
 
@@ -217,3 +217,210 @@ def test_down_refuses_connections_and_up_listens_again_on_the_same_port(aws: Aws
 def test_wait_for_fails_naming_what_it_waited_for(proxy: FaultProxy) -> None:
     with pytest.raises(AssertionError, match="the impossible"):
         proxy.wait_for(lambda: False, 0.05, "the impossible")
+
+
+# --- lag: ListSecrets as of `delay` seconds ago, counted from when the layer first saw a change ---
+
+
+def lagged(proxy: FaultProxy, delay: float) -> FakeClock:
+    """ListSecrets in lag mode on a fake clock, which the test moves."""
+    clock = FakeClock()
+    proxy.clock = clock
+    proxy.set("ListSecrets", "lag", delay=delay)
+    return clock
+
+
+def names(secrets: Any, **request: Any) -> list[str]:
+    return [entry["Name"] for entry in secrets.list_secrets(**request)["SecretList"]]
+
+
+def stages(secrets: Any, name: str) -> dict[str, list[str]] | None:
+    """The version map ListSecrets shows for `name`, or None when it is not listed."""
+    entries = [entry for entry in secrets.list_secrets()["SecretList"] if entry["Name"] == name]
+    return entries[0]["SecretVersionsToStages"] if entries else None
+
+
+def test_lag_hides_a_new_secret_until_delay_after_the_layer_first_saw_it(aws: AwsEmulator, proxy: FaultProxy) -> None:
+    old = "airflow/variables/old"
+    aws.put(old, "v")
+    clock = lagged(proxy, 30)
+    secrets = client(proxy)
+    assert names(secrets) == [old]  # in the baseline: listed at once
+
+    secrets.create_secret(Name=NAME, SecretString="v1")
+    clock.advance(100)  # unseen time does not count: the lag starts at the next listing
+    assert names(secrets) == [old]
+    clock.advance(29.5)
+    assert names(secrets) == [old]
+    clock.advance(0.5)
+    assert names(secrets) == [NAME, old]
+    assert proxy.counts() == {"CreateSecret": 1, "ListSecrets": 4}
+    assert aws.calls["ListSecrets"] == 1 + 4  # the baseline, then one snapshot per lagged ListSecrets
+    at_aws = sorted(aws.client().list_secrets()["SecretList"], key=lambda entry: entry["Name"])
+    assert secrets.list_secrets()["SecretList"] == at_aws  # the entries as AWS sent them, parsed alike
+
+
+def test_lag_shows_the_old_version_map_after_put_secret_value(aws: AwsEmulator, proxy: FaultProxy) -> None:
+    aws.put(NAME, "v1")
+    clock = lagged(proxy, 30)
+    secrets = client(proxy)
+    before = stages(secrets, NAME)
+    assert before is not None and list(before.values()) == [["AWSCURRENT"]]
+    (first,) = before
+
+    new = secrets.put_secret_value(SecretId=NAME, SecretString="v2")["VersionId"]
+    assert stages(secrets, NAME) == before  # first seen now
+    clock.advance(29)
+    assert stages(secrets, NAME) == before
+    clock.advance(1)
+    assert stages(secrets, NAME) == {first: ["AWSPREVIOUS"], new: ["AWSCURRENT"]}
+
+
+def test_lag_shows_a_moved_stage_late(aws: AwsEmulator, proxy: FaultProxy) -> None:
+    secrets = client(proxy)
+    old = secrets.create_secret(Name=NAME, SecretString="v1")["VersionId"]
+    new = secrets.put_secret_value(SecretId=NAME, SecretString="v2")["VersionId"]
+    clock = lagged(proxy, 30)
+    assert stages(secrets, NAME) == {old: ["AWSPREVIOUS"], new: ["AWSCURRENT"]}
+
+    secrets.update_secret_version_stage(
+        SecretId=NAME, VersionStage="AWSCURRENT", MoveToVersionId=old, RemoveFromVersionId=new
+    )
+    moved = aws.client().list_secrets()["SecretList"][0]["SecretVersionsToStages"]  # AWS has it now
+    assert moved[old] == ["AWSCURRENT"] and "AWSCURRENT" not in moved.get(new, [])
+    assert stages(secrets, NAME) == {old: ["AWSPREVIOUS"], new: ["AWSCURRENT"]}
+    clock.advance(29.9)
+    assert stages(secrets, NAME) == {old: ["AWSPREVIOUS"], new: ["AWSCURRENT"]}
+    clock.advance(0.1)
+    assert stages(secrets, NAME) == moved
+
+
+def test_lag_keeps_a_deleted_secret_listed_for_the_delay(aws: AwsEmulator, proxy: FaultProxy) -> None:
+    aws.put(NAME, "v1")
+    clock = lagged(proxy, 30)
+    secrets = client(proxy)
+
+    secrets.delete_secret(SecretId=NAME, ForceDeleteWithoutRecovery=True)
+    assert aws.client().list_secrets()["SecretList"] == []
+    assert names(secrets) == [NAME]  # first seen gone now
+    clock.advance(29)
+    assert names(secrets) == [NAME]
+    clock.advance(1)
+    assert names(secrets) == []
+
+
+def test_lag_filters_by_name_prefix_as_aws_does(aws: AwsEmulator, proxy: FaultProxy) -> None:
+    for name in ("airflow/variables/a", "airflow/connections/b", "airflow/config/x", "Airflow/variables/x"):
+        aws.put(name, "v")
+    lagged(proxy, 30)
+    secrets = client(proxy)
+    by_prefix = [{"Key": "name", "Values": ["airflow/variables/", "airflow/connections/"]}]
+    negated = [{"Key": "name", "Values": ["!airflow/"]}]
+
+    assert names(secrets, Filters=by_prefix) == ["airflow/connections/b", "airflow/variables/a"]
+    assert names(secrets, Filters=negated) == ["Airflow/variables/x"]
+    for filters in (by_prefix, negated):  # the same answers as AWS's
+        assert names(secrets, Filters=filters) == sorted(names(aws.client(), Filters=filters))
+    with pytest.raises(ClientError, match="'name' only"):
+        secrets.list_secrets(Filters=[{"Key": "tag-key", "Values": ["team"]}])
+    with pytest.raises(ValueError, match="ListSecrets only"):
+        proxy.set("GetSecretValue", "lag", delay=30)
+
+
+def test_lag_pages_the_view_with_max_results_and_next_token(aws: AwsEmulator, proxy: FaultProxy) -> None:
+    every = [f"airflow/variables/{n}" for n in range(5)]
+    for name in every:
+        aws.put(name, "v")
+    lagged(proxy, 30)
+    secrets = client(proxy)
+
+    pages: list[list[str]] = []
+    request: dict[str, Any] = {"MaxResults": 2}
+    for _ in range(10):  # a deadline: never more than 10 pages
+        page = secrets.list_secrets(**request)
+        pages.append([entry["Name"] for entry in page["SecretList"]])
+        if "NextToken" not in page:
+            break
+        request["NextToken"] = page["NextToken"]
+    assert [len(page) for page in pages] == [2, 2, 1]
+    assert [name for page in pages for name in page] == every  # each exactly once, in name order
+    assert proxy.counts() == {"ListSecrets": 3}
+
+
+def test_clear_and_another_mode_end_lag(aws: AwsEmulator, proxy: FaultProxy) -> None:
+    lagged(proxy, 30)
+    secrets = client(proxy)
+    secrets.create_secret(Name=NAME, SecretString="v1")
+    assert names(secrets) == []
+
+    proxy.clear()  # forwarded again: a secret created a moment ago is listed at once
+    assert names(secrets) == [NAME]
+    calls = aws.calls["ListSecrets"]
+    secrets.create_secret(Name="airflow/variables/other", SecretString="v1")
+    assert names(secrets) == [NAME, "airflow/variables/other"]
+    assert aws.calls["ListSecrets"] == calls + 1  # the request itself, no snapshot
+
+    lagged(proxy, 30)
+    secrets.create_secret(Name="airflow/variables/third", SecretString="v1")
+    assert names(secrets) == [NAME, "airflow/variables/other"]
+    proxy.set("ListSecrets", "normal")
+    assert names(secrets) == [NAME, "airflow/variables/other", "airflow/variables/third"]
+
+
+def test_a_lagged_list_secrets_behaves_as_the_star_fault_then_lags_on(aws: AwsEmulator, proxy: FaultProxy) -> None:
+    old, during = "airflow/variables/old", "airflow/variables/during"
+    aws.put(old, "v")
+    clock = lagged(proxy, 30)
+    secrets = client(proxy)
+    aws.put(NAME, "v1")
+    assert names(secrets) == [old]  # NAME first seen now
+
+    proxy.set("*", "throttle")
+    aws.put(during, "v1")  # (clears AWS's counts)
+    clock.advance(30)
+    assert error_of(secrets.list_secrets) == ("ThrottlingException", 400)
+    assert aws.calls["ListSecrets"] == 0  # refused by the layer: no snapshot taken
+
+    proxy.set("*", "normal")  # lagged again, its timelines kept: NAME was seen 30 s ago
+    assert names(secrets) == [NAME, old]  # `during` first seen now
+    clock.advance(30)
+    assert names(secrets) == [during, NAME, old]
+
+
+def test_a_lagged_list_secrets_under_a_slow_star_answers_the_lagged_view_late(
+    aws: AwsEmulator, proxy: FaultProxy
+) -> None:
+    clock = lagged(proxy, 30)
+    secrets = client(proxy)
+    aws.put(NAME, "v1")
+    proxy.set("*", "slow", delay=0.2)
+
+    started = time.monotonic()
+    assert names(secrets) == []  # the lagged view, not AWS's own listing
+    assert time.monotonic() - started >= 0.2
+    clock.advance(30)
+    assert names(secrets) == [NAME]
+
+
+def test_observe_lags_a_change_from_when_it_was_made(aws: AwsEmulator, proxy: FaultProxy) -> None:
+    assert proxy.observe() == 0  # not lagged: nothing to do, AWS not asked
+    assert aws.calls["ListSecrets"] == 0
+    clock = lagged(proxy, 30)
+    secrets = client(proxy)
+    proxy.set("*", "blackhole")  # observe() reads AWS straight, whatever the modes
+    aws.put(NAME, "v1")
+    assert proxy.observe() == 1  # one page
+    clock.advance(30)
+    proxy.set("*", "normal")
+
+    assert names(secrets) == [NAME]  # no listing saw it before: observe() did
+
+
+def test_lag_drops_a_snapshot_that_a_later_started_one_overtook() -> None:
+    lag = _Lag(30)
+    entry = {"Name": NAME, "SecretVersionsToStages": {"v2": ["AWSCURRENT"]}}
+    older, newer = lag.ticket(), lag.ticket()
+    lag.observe(10, {NAME: entry}, newer)
+    lag.observe(11, {}, older)  # started first, finished last: its state is older
+
+    assert lag.view(100) == [entry]
