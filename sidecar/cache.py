@@ -11,7 +11,9 @@
 - a key whose fetch failed, in the foreground or the background, answers at once during a
   capped back-off instead of calling AWS again;
 - every fetch takes a ticket when it starts, and a result older than the key's latest
-  decision is dropped: a late refresh never undoes a revocation or a newer value.
+  decision is dropped: a late refresh never undoes a revocation or a newer value;
+- after each listing, `revalidate` fetches again, in one batch, the keys the listing says changed
+  and the misses read since the listing before; misses nobody read lapse.
 
 Time comes from `timer`, so tests move the clock instead of sleeping.
 """
@@ -36,8 +38,9 @@ from sidecar.sources import UpstreamError
 log = logging.getLogger(__name__)
 
 REFRESH_AT = (0.75, 0.85)  # refresh-ahead point, as a jittered fraction of the TTL
-# Once something is due, whatever comes due within this fraction of the TTL joins its batch:
-# fewer, fuller BatchGetSecretValue calls instead of one small one per tick.
+# Once something is due, whatever comes due within this fraction of its own lifetime (TTL, or
+# negative TTL for a miss) joins its batch: fewer, fuller BatchGetSecretValue calls instead of one
+# small one per tick, without refreshing a short-lived miss many times a TTL.
 COALESCE = 0.1
 BACKOFF_FIRST = 1.0  # seconds
 BACKOFF_MAX = 60.0
@@ -130,10 +133,15 @@ class Cache:
         """Take before fetching elsewhere (warm-up, listing); pass to `put_many` with the results."""
         return next(self._tickets)
 
-    async def get(self, key: str, *, refresh: bool = False) -> tuple[Answer, Status]:
-        """The answer for `key` and where it came from; raises UpstreamError if there is none."""
+    async def get(self, key: str, *, refresh: bool = False, absent_since: float | None = None) -> tuple[Answer, Status]:
+        """The answer for `key` and where it came from; raises UpstreamError if there is none.
+
+        `absent_since`: when a listing last found no such name. With nothing cached, that miss
+        is the stale answer while AWS fails or is slow, as an expired entry's would be."""
         now = self.timer()
         record = self._records.get(key)
+        if record is None and absent_since is not None:
+            record = self._records[key] = Record(generation=0, known=True, fresh_until=absent_since)
         if record is not None:
             if refresh and record.known and now - record.fetched_at < REFRESH_MIN_INTERVAL:
                 refresh = False  # fetched moments ago: that answer is as good as a new one
@@ -185,10 +193,18 @@ class Cache:
         """Refresh the entries that were read and reached their refresh point; return how many were
         asked for (whether AWS answered or not)."""
         now = self.timer()
-        due = self._due
-        if not due or due[0][0] > now:
+        if not self._due or self._due[0][0] > now:
             return 0
-        horizon = now + self._ttl * COALESCE
+        batch = self._take_due(now)
+        if batch:
+            await self._refresh(batch)
+        return len(batch)
+
+    def _take_due(self, now: float, until: float | None = None) -> dict[str, Record]:
+        """The read entries to refresh now, off the heap: those due, with those coming due within
+        COALESCE of their lifetime, or with every one due by `until` if given."""
+        due = self._due
+        horizon = now + max(self._ttl, self._negative_ttl) * COALESCE if until is None else until
         batch: dict[str, Record] = {}
         later: list[tuple[float, int, str]] = []
         while due and due[0][0] <= horizon:
@@ -197,16 +213,53 @@ class Cache:
             record = self._records.get(key)
             if record is None or record.generation != generation or record.fetch is not None or key in batch:
                 continue  # gone, superseded, or being fetched: a newer item stands for it
-            if record.retry_at > now or (not record.read and when > now):
-                later.append(item)  # backing off, or not due yet and may still be read
+            life = self._ttl if record.value is not None else self._negative_ttl
+            soon = now + life * COALESCE if until is None else until
+            if record.retry_at > now or (when > now and (not record.read or when > soon)):
+                later.append(item)  # backing off, or not due yet (and may still be read)
             elif record.read:
                 batch[key] = record
             # due but never read: it expires; a read before then queues it again
         for item in later:
             heapq.heappush(due, item)
+        return batch
+
+    async def revalidate(self, changed: set[str], since: float, due_before: float) -> int:
+        """After a listing that started at `since` (on `timer`): fetch again, in one batch, the
+        held keys in `changed` and the misses fetched before it and read since, so that a secret
+        created meanwhile is found whatever the listing shows, with the read entries due before
+        the next listing (`due_before`); the misses nobody read lapse, and are asked for again at
+        their next read. A changed key that could not be fetched again is no longer fresh: its
+        next lookup asks AWS, and gets the old value as a stale answer while AWS fails. Returns how
+        many keys were asked for."""
+        now = self.timer()
+        first = self.ticket()  # every fetch from here on takes a later one
+        batch = self._take_due(now, until=due_before)
+        for key in list(self._records):
+            record = self._records.get(key)
+            if record is None or record.fetch is not None or record.retry_at > now:
+                continue  # gone, being fetched (that answer is newer than the listing), or backing off
+            if key in changed:
+                batch[key] = record
+            elif record.known and record.value is None and record.fetched_at < since <= record.fresh_until:
+                if record.read:
+                    batch[key] = record
+                else:
+                    self._expire(key, record, since)  # lapsed: asked again when read
         if batch:
             await self._refresh(batch)
+        for key in changed:
+            record = self._records.get(key)
+            if record is not None and (record.generation < first or record.failure is not None):
+                self._expire(key, record, now)
         return len(batch)
+
+    def _expire(self, key: str, record: Record, at: float) -> None:
+        """No longer fresh from `at`: the answer stays servable as stale."""
+        if record.fresh_until > at:
+            record.fresh_until = at
+            self._records[key] = record  # re-timed
+            self.changes += 1
 
     async def run_refresher(self, every: float) -> None:
         """Refresh ahead forever; `every` is how often due entries are looked for."""

@@ -1,11 +1,11 @@
-"""The names that exist under the configured prefixes, from periodic listings.
+"""The names under the configured prefixes, from periodic listings: a feed of what changed.
 
-While a listing is fresh it is authoritative: a name under a listed prefix that the listing
-lacks does not exist, and is answered as a miss with no AWS call. A secret created later is
-seen at the next listing. While listing fails transiently (AWS throttling or down), the last
-good listing stays authoritative for up to `max_stale`, its misses answered as stale. If
-listing is denied, nothing is authoritative once the last listing is old, and every lookup goes
-to the cache and AWS as usual.
+Each listing is compared with the one before: a name that appeared, disappeared or whose version
+moved (a rotation, a staging label moved back) has changed, and the daemon fetches the ones it
+holds again at once. A listing is not proof that a name does not exist: ListSecrets is
+eventually consistent ("might not reflect changes from the last five minutes"), so a miss is
+always asked of AWS by name, and a name the last listing lacked only serves as a stale miss
+while AWS fails. If listing is denied, the daemon logs it once and looks up every key on demand.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from sidecar.cache import Status
 from sidecar.metrics import Metrics
-from sidecar.sources import Source, UpstreamError
+from sidecar.sources import Listed, Source, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -27,61 +26,40 @@ class Catalog:
         source: Source,
         prefixes: list[str],
         *,
-        interval: float,
         max_stale: float,
         metrics: Metrics,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
-        self._prefixes = prefixes  # each ends with the separator
-        # One missed listing is tolerated before the catalog stops being authoritative.
-        self._max_age = 2 * interval
+        self._prefixes = tuple(prefixes)  # each ends with the separator
         self._max_stale = max_stale
         self._metrics = metrics
         self._timer = timer
-        self._names: frozenset[str] = frozenset()
+        self.listing: dict[str, Listed] = {}  # the last good listing
         self._listed_at: float | None = None
         self._denied = False
-        self._failing = False  # the last listing failed transiently
-        # Bumped by every listing, good or failed: an answer built from `absent` holds while it is
-        # unchanged, and until `authoritative_until` if a name was absent.
-        self.changes = 0
 
-    @property
-    def authoritative_until(self) -> float:
-        """Until when, on `timer`, a name the last listing lacks is answered as absent (HIT)."""
-        return self._listed_at + self._max_age if self._listed_at is not None else float("-inf")
-
-    def absent(self, name: str) -> Status | None:
-        """HIT when a fresh listing covers `name` and lacks it, STALE when only an old one does
-        while AWS fails; None when no listing can tell."""
-        if self._listed_at is None or name in self._names:  # the common case first: a listed name
+    def lacks(self, name: str) -> float | None:
+        """When the last good listing was taken, if it covers `name` and lacks it and is young
+        enough to answer as a stale miss while AWS fails; else None."""
+        if self._listed_at is None or name in self.listing:
             return None
-        age = self._timer() - self._listed_at
-        if age <= self._max_age:
-            status = Status.HIT
-        elif self._failing and age <= self._max_age + self._max_stale:
-            status = Status.STALE
-        else:
+        if self._timer() - self._listed_at > self._max_stale:
             return None
         name = name.partition(":")[0]  # a Parameter Store `name:version` exists if `name` does
-        if name in self._names or not any(name.startswith(prefix) for prefix in self._prefixes):
+        if name in self.listing or not name.startswith(self._prefixes):
             return None
-        self._metrics.lookups.counts["listed_absent" if status is Status.HIT else "stale"] += 1
-        return status
+        return self._listed_at
 
-    async def refresh(self) -> dict[str, str | None]:
-        """List every prefix: names, with values where the listing carries them.
+    async def refresh(self) -> set[str]:
+        """List every prefix; return the names that changed since the last listing and whose new
+        state the listing does not carry (it carries Parameter Store's values).
 
         Raises UpstreamError, and keeps the last listing, if that fails.
         """
-        names: dict[str, str | None] = {}
         try:
-            for prefix in self._prefixes:
-                names.update(await self._source.list_names(prefix))
+            listing = await self._source.list_secrets(list(self._prefixes))
         except UpstreamError as error:
-            self.changes += 1
-            self._failing = error.transient
             if not error.transient and not self._denied:
                 self._denied = True
                 log.warning(
@@ -93,12 +71,13 @@ class Catalog:
                 )
             raise
         if self._denied:
-            log.info("%s works again: absent names are answered from the listing", self._source.list_permission)
+            log.info("%s works again: changes are seen at each listing", self._source.list_permission)
             self._denied = False
-        self._names = frozenset(names)
-        self._listed_at = self._timer()
-        self._failing = False
-        self.changes += 1
+        before, first = self.listing, self._listed_at is None
+        changed = {name for name in before.keys() | listing.keys() if before.get(name) != listing.get(name)}
+        self.listing, self._listed_at = listing, self._timer()
         self._metrics.last_listing.set_to_current_time()
-        log.info("listed %d secrets under %d prefixes", len(names), len(self._prefixes))
-        return names
+        log.info("listed %d secrets under %d prefixes, %d changed", len(listing), len(self._prefixes), len(changed))
+        if first:
+            return set()  # the warm-up loads what it lists
+        return {name for name in changed if name not in listing or listing[name].value is None}

@@ -39,7 +39,11 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--backend-kwargs", help="the provider backend's kwargs JSON (SIDECAR_BACKEND_KWARGS)")
     add("--source", help="secretsmanager (default) or ssm (SIDECAR_SOURCE)")
     add("--ttl", help=f"seconds a found value is served from cache (default {_d('ttl')}; SIDECAR_TTL)")
-    add("--negative-ttl", help=f"seconds a miss is remembered (default {_d('negative_ttl')}; SIDECAR_NEGATIVE_TTL)")
+    add(
+        "--negative-ttl",
+        help="seconds a miss is remembered when no listing checks it again (default: twice the listing "
+        "interval; SIDECAR_NEGATIVE_TTL)",
+    )
     add("--max-stale", help=f"seconds past TTL a value may be served while AWS fails (default {_d('max_stale')})")
     add("--max-entries", help=f"cache size limit (default {_d('max_entries')}; SIDECAR_MAX_ENTRIES)")
     add(
@@ -48,7 +52,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="list the prefixes at start and every --list-interval (default on; SIDECAR_WARMUP)",
     )
-    add("--list-interval", help="seconds between listings (default: the TTL; SIDECAR_LIST_INTERVAL)")
+    add("--list-interval", help=f"seconds between listings (default {_d('list_interval')}; SIDECAR_LIST_INTERVAL)")
     add("--max-upstream", help=f"AWS calls in flight at once (default {_d('max_upstream')}; SIDECAR_MAX_UPSTREAM)")
     add(
         "--aws-quota-share",
@@ -212,7 +216,7 @@ async def _check(settings: Settings) -> int:
     async with open_source(settings, Metrics()) as source:
         for prefix in listed_prefixes(settings.store):
             try:
-                names = await source.list_names(prefix)
+                names = await source.list_secrets([prefix])
             except UpstreamError as exc:
                 print(f"{prefix}*: {exc} ({exc.hint})")
                 return 1

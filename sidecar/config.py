@@ -115,8 +115,8 @@ class Settings:
     token_file: str | None = None
     no_token: bool = False
     source: str = "secretsmanager"
-    ttl: float = 300.0
-    negative_ttl: float = 60.0
+    ttl: float = 1800.0
+    negative_ttl: float = 600.0
     max_stale: float = 21600.0
     max_entries: int = 10000
     warmup: bool = True
@@ -269,6 +269,7 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     token, token_file = _token(args, environ)
     warmup = _setting(args, environ, "warmup", _bool)
     warmup_jitter = _setting(args, environ, "warmup_jitter", _non_negative_float)
+    list_interval = _setting(args, environ, "list_interval", _positive_float)
     # A pod that runs one task (KubernetesExecutor) fetches what the task reads and nothing else,
     # whatever the rest of its settings say: the Helm values share one sidecar spec between Celery
     # workers and task pods and tell them apart by the label Airflow puts on task pods only. A daemon
@@ -288,11 +289,11 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         no_token=bool(getattr(args, "no_token", False)),
         source=source,
         ttl=ttl,
-        negative_ttl=_setting(args, environ, "negative_ttl", _non_negative_float),
+        negative_ttl=_setting(args, environ, "negative_ttl", _non_negative_float, 2 * list_interval),
         max_stale=_setting(args, environ, "max_stale", _non_negative_float),
         max_entries=_setting(args, environ, "max_entries", _positive_int),
         warmup=warmup,
-        list_interval=_setting(args, environ, "list_interval", _positive_float, ttl),
+        list_interval=list_interval,
         log_level=_setting(args, environ, "log_level", _choice("debug", "info", "warning", "error")).upper(),
         log_format=_setting(args, environ, "log_format", _choice("text", "json")),
         event_loop=_setting(args, environ, "event_loop", _choice("asyncio", "uvloop")),

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0  # seconds in-flight requests get to finish after SIGTERM
 KEEPALIVE_TIMEOUT = 60.0  # seconds an idle client connection is kept open
 WARMUP_RETRY_MAX = 30.0
+LIST_JITTER = (0.9, 1.1)  # a listing interval's spread
 
 
 class Daemon:
@@ -82,7 +83,6 @@ class Daemon:
         self.catalog = Catalog(
             self.source,
             listed_prefixes(settings.store),
-            interval=settings.list_interval,
             max_stale=settings.max_stale,
             metrics=self.metrics,
             timer=self._timer,
@@ -116,28 +116,28 @@ class Daemon:
         """List the prefixes and load every value found; retry until AWS answers or refuses.
 
         While the listing is throttled the daemon serves each key on demand (GetSecretValue has a
-        hundred times the quota) and lists again later, spread out, instead of holding readiness."""
+        hundred times the quota) and lists again at a random moment within the next listing
+        interval, instead of holding readiness: a fleet started together then lists at a pace its
+        quota takes, each daemon after one throttled call."""
         delay = 1.0
         while True:
             ticket = self.cache.ticket()
             try:
-                listing = await self.catalog.refresh()
+                await self.catalog.refresh()
                 break
             except UpstreamError as error:
                 if not error.transient:
-                    listing = {}  # listing denied: lazy lookups, already logged
-                    break
+                    break  # listing denied: lazy lookups, already logged
                 if error.throttled:
                     self.readiness.serve_lazily(f"{error.api} is throttled ({error.code}): listing again later")
-                    wait = delay * self._jitter(0.5, 1.5)
-                    delay = min(delay * 2, max(WARMUP_RETRY_MAX, self.settings.list_interval))
+                    wait = self._jitter(0.0, self.settings.list_interval)
                 else:
                     self.readiness.reason = f"AWS not usable yet: {error.code} ({error.hint})"
                     wait = delay
                     delay = min(delay * 2, WARMUP_RETRY_MAX)
                 log.warning("warm-up: %s; retrying in %.0fs", self.readiness.reason, wait)
                 await asyncio.sleep(wait)
-        unfetched = self._keep_listed_values(listing, ticket)
+        unfetched = self._keep_listed_values(ticket)
         if unfetched:
             ticket = self.cache.ticket()
             try:
@@ -150,15 +150,25 @@ class Daemon:
     async def list_forever(self) -> None:
         while True:
             # Jittered: a fleet started together does not list together ever after.
-            await asyncio.sleep(self.settings.list_interval * self._jitter(0.9, 1.1))
-            ticket = self.cache.ticket()
+            await asyncio.sleep(self.settings.list_interval * self._jitter(*LIST_JITTER))
             with contextlib.suppress(UpstreamError):
-                self._keep_listed_values(await self.catalog.refresh(), ticket)
+                await self.list_once()
 
-    def _keep_listed_values(self, listing: dict[str, str | None], ticket: int) -> list[str]:
-        """Cache the values a listing carried (Parameter Store's do); return the names without one."""
-        self.cache.put_many({name: value for name, value in listing.items() if value is not None}, ticket)
-        return sorted(name for name, value in listing.items() if value is None)
+    async def list_once(self) -> None:
+        """List, then bring up to date in one batch what the listing says changed, the misses read
+        since the last one, and what comes due for refresh before the next one."""
+        started = self._timer()
+        ticket = self.cache.ticket()
+        changed = await self.catalog.refresh()
+        self._keep_listed_values(ticket)
+        next_listing = self._timer() + self.settings.list_interval * LIST_JITTER[1]
+        await self.cache.revalidate(changed, since=started, due_before=next_listing)
+
+    def _keep_listed_values(self, ticket: int) -> list[str]:
+        """Cache the values the listing carried (Parameter Store's do); return the names without one."""
+        listing = self.catalog.listing
+        self.cache.put_many({name: e.value for name, e in listing.items() if e.value is not None}, ticket)
+        return sorted(name for name, e in listing.items() if e.value is None)
 
     async def _warm_up_then_list(self, delay: float) -> None:
         if delay:

@@ -17,7 +17,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 
 disable_created_metrics()  # `*_created` series only double the output
 
-LOOKUP_RESULTS = ("hit", "negative_hit", "listed_absent", "miss", "stale")
+LOOKUP_RESULTS = ("hit", "negative_hit", "miss", "stale")
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -68,7 +68,7 @@ class LookupCounter:
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
             "sidecar_cache_lookups",
-            "Lookups by result: hit, negative_hit, listed_absent (no such name in the listing), miss, stale.",
+            "Lookups by result: hit, negative_hit, miss, stale.",
             labels=["result"],
         )
         for result, count in self.counts.items():

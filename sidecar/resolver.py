@@ -55,8 +55,8 @@ class InvalidTeam(ValueError):
 @dataclass(eq=False, slots=True)
 class _Lookup:
     """What the resolver knows of one (kind, key, team): the names to try, and the last answer
-    built from the cache and the listing alone, which holds while neither has changed since
-    (`changes`) and until the earliest deadline of what it was built from (`until`)."""
+    built from the cache alone, which holds while it has not changed since (`changes`) and until
+    the earliest deadline of what it was built from (`until`)."""
 
     names: tuple[str, ...]
     answer: str | None = None
@@ -110,33 +110,23 @@ class Resolver:
         return tuple(name for name in names if valid.fullmatch(name))
 
     def resolve_cached(self, kind: str, key: str, team: str | None = None) -> tuple[str | None, Status] | None:
-        """`resolve` from the cache and the listing alone, with nothing to await; None when only
+        """`resolve` from the cache alone, with nothing to await; None when only
         `resolve` can answer (a fetch, a back-off or a stale answer is involved)."""
         lookup = self._lookups.get((kind, key, team)) or self._lookup(kind, key, team)
-        catalog = self._catalog
-        changes = self._cache.changes + (catalog.changes if catalog is not None else 0)
+        changes = self._cache.changes
         if lookup.changes == changes and self._timer() < lookup.until:
-            for result in lookup.results:  # counted as if the cache and the listing were asked
+            for result in lookup.results:  # counted as if the cache were asked
                 self._counts[result] += 1
             return lookup.answer, Status.HIT
         return self._answer_cached(kind, lookup, changes)
 
     def _answer_cached(self, kind: str, lookup: _Lookup, changes: int) -> tuple[str | None, Status] | None:
-        """The answer from peeking at the cache and the listing, memoised in `lookup` if it is a HIT
-        (`changes`: the sum of their change counters, which only grow: an unchanged sum means
-        neither changed)."""
-        status = Status.HIT
+        """The answer from peeking at the cache, memoised in `lookup` (`changes`: the cache's change
+        counter, which only grows)."""
         results: list[str] = []
         until = float("inf")
         answer = None
         for name in lookup.names:
-            absent = self._catalog.absent(name) if self._catalog is not None else None
-            if absent is not None:
-                status = max(status, absent, key=_SEVERITY.__getitem__)
-                if absent is Status.HIT:
-                    results.append("listed_absent")
-                    until = min(until, self._catalog.authoritative_until)  # type: ignore[union-attr]
-                continue
             peeked = self._cache.peek(name)
             if peeked is NOT_CACHED:
                 return None
@@ -147,23 +137,19 @@ class Resolver:
                 answer = self._normalised(value) if kind == "connections" else value
                 break
         for result in results:  # counted once the whole answer came from the cache
-            if result != "listed_absent":  # the catalog counted those
-                self._counts[result] += 1
-        if status is Status.HIT:
-            lookup.answer, lookup.results, lookup.changes, lookup.until = answer, tuple(results), changes, until
-        return answer, status
+            self._counts[result] += 1
+        lookup.answer, lookup.results, lookup.changes, lookup.until = answer, tuple(results), changes, until
+        return answer, Status.HIT
 
     async def resolve(
         self, kind: str, key: str, team: str | None = None, refresh: bool = False
     ) -> tuple[str | None, Status]:
         """The value Airflow should get for `key` (None: not found) and the cache's status."""
         status = Status.HIT
+        catalog = self._catalog
         for name in self.names(kind, key, team):
-            absent = self._catalog.absent(name) if self._catalog is not None and not refresh else None
-            if absent is not None:
-                status = max(status, absent, key=_SEVERITY.__getitem__)
-                continue  # the listing says it does not exist: no AWS call
-            value, got = await self._cache.get(name, refresh=refresh)
+            absent_since = catalog.lacks(name) if catalog is not None else None
+            value, got = await self._cache.get(name, refresh=refresh, absent_since=absent_since)
             status = max(status, got, key=_SEVERITY.__getitem__)
             if value is not None:
                 return (self._normalised(value) if kind == "connections" else value), status

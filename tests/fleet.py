@@ -8,8 +8,10 @@ asks its resolver as the HTTP handler does, within `SIDECAR_REQUEST_TIMEOUT`. It
 `FakeSecretsManager` shared by the whole fleet, which answers from a dict after 20 ms and enforces
 each API's account-wide quota with a token bucket (a second's worth of burst), answering
 `ThrottlingException` beyond it, as AWS does. Each client retries a throttled call as botocore's
-standard mode does (3 attempts, jittered exponential back-off); botocore's adaptive client-side
-limiter is not modelled, which can only overstate the calls.
+standard mode does (3 attempts, jittered exponential back-off), except on the APIs the daemon
+tells botocore not to retry when throttled (`NOT_RETRIED_WHEN_THROTTLED`); botocore's adaptive
+client-side limiter is not modelled, which can only overstate the calls. Every secret stays on
+one version (`VERSION`).
 
 Time is simulated: an asyncio event loop whose clock jumps to its next timer whenever nothing is
 ready, so an hour of a thousand daemons takes seconds. Scenarios (`SCENARIOS`): a thousand pods
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import contextlib
 import json
 import logging
@@ -44,6 +45,7 @@ from botocore.exceptions import ClientError
 
 from sidecar.daemon import Daemon
 from sidecar.sources import UpstreamError
+from sidecar.sources.aws import NOT_RETRIED_WHEN_THROTTLED
 from sidecar.sources.quotas import QUOTAS
 from tests.benchmarks.report import table
 from tests.support import make_settings
@@ -52,6 +54,7 @@ LATENCY = 0.020  # seconds AWS takes to answer a call
 PRICE_PER_10K = 0.05  # USD per 10,000 Secrets Manager API calls
 ATTEMPTS = 3  # botocore's total_max_attempts, as the daemon configures it
 VARIABLES = "airflow/variables/"
+VERSION = "version-1"  # every secret's AWSCURRENT
 DEFAULT_OUTPUT = Path(__file__).with_name("benchmarks") / "results" / "fleet.json"
 
 
@@ -161,35 +164,36 @@ class FakeClient:
         self._rng = rng
 
     async def _call(self, api: str, answer: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        for attempt in range(ATTEMPTS):
+        attempts = 1 if api in NOT_RETRIED_WHEN_THROTTLED else ATTEMPTS
+        for attempt in range(attempts):
             admitted = self._store.admit(api)
             await asyncio.sleep(LATENCY)
             if admitted:
                 return answer()
-            if attempt + 1 < ATTEMPTS:
+            if attempt + 1 < attempts:
                 await asyncio.sleep(self._rng.random() * 2**attempt)  # botocore's standard back-off
         raise _client_error("ThrottlingException", api)
 
-    async def get_secret_value(self, SecretId: str) -> dict[str, Any]:  # AWS's argument names
-        def answer() -> dict[str, Any]:
+    async def get_secret_value(self, SecretId: str, VersionStage: str = "AWSCURRENT") -> dict[str, Any]:
+        def answer() -> dict[str, Any]:  # AWS's argument names
             if SecretId not in self._store.secrets:
                 raise _client_error("ResourceNotFoundException", "GetSecretValue")
-            return {"Name": SecretId, "SecretString": self._store.secrets[SecretId]}
+            return {"Name": SecretId, "SecretString": self._store.secrets[SecretId], "VersionId": VERSION}
 
         return await self._call("GetSecretValue", answer)
 
     async def list_secrets(
         self, Filters: list[dict[str, Any]], MaxResults: int, NextToken: str = "0"
     ) -> dict[str, Any]:
-        prefix = Filters[0]["Values"][0]
+        prefixes = tuple(Filters[0]["Values"])  # a name matches if any value is a prefix of it
 
         def answer() -> dict[str, Any]:
-            names = self._store.names
-            start = max(int(NextToken), bisect.bisect_left(names, prefix))
-            page = [n for n in names[start : start + MaxResults] if n.startswith(prefix)]
-            more = len(page) == MaxResults and start + MaxResults < len(names)
+            names = [n for n in self._store.names if n.startswith(prefixes)]
+            start = int(NextToken)
+            page = names[start : start + MaxResults]
+            more = start + MaxResults < len(names)
             return {
-                "SecretList": [{"Name": n} for n in page],
+                "SecretList": [{"Name": n, "SecretVersionsToStages": {VERSION: ["AWSCURRENT"]}} for n in page],
                 **({"NextToken": str(start + MaxResults)} if more else {}),
             }
 
@@ -199,7 +203,9 @@ class FakeClient:
         def answer() -> dict[str, Any]:
             secrets = self._store.secrets
             return {
-                "SecretValues": [{"Name": n, "SecretString": secrets[n]} for n in SecretIdList if n in secrets],
+                "SecretValues": [
+                    {"Name": n, "SecretString": secrets[n], "VersionId": VERSION} for n in SecretIdList if n in secrets
+                ],
                 "Errors": [
                     {"SecretId": n, "ErrorCode": "ResourceNotFoundException", "Message": "simulated"}
                     for n in SecretIdList

@@ -411,7 +411,7 @@ def test_check_prints_the_count_of_each_prefix(aws: AwsEmulator):
 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("configuration ok: source secretsmanager, ttl 300s, negative ttl 60s")
+    assert lines[0].startswith("configuration ok: source secretsmanager, ttl 1800s, negative ttl 600s")
     assert lines[1:] == [
         "airflow/config/*: 0 secrets",
         "airflow/connections/*: 1 secrets",

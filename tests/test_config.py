@@ -51,7 +51,7 @@ def test_defaults():
     assert settings.allow_remote is False
     assert (settings.token, settings.token_file, settings.no_token) == (TOKEN, None, False)
     assert settings.source == "secretsmanager"
-    assert (settings.ttl, settings.negative_ttl, settings.max_stale) == (300.0, 60.0, 21600.0)
+    assert (settings.ttl, settings.negative_ttl, settings.max_stale) == (1800.0, 600.0, 21600.0)
     assert settings.max_entries == 10000
     assert settings.warmup is True
     assert settings.list_interval == 300.0
@@ -85,16 +85,17 @@ def test_source_is_case_insensitive():
     assert load({"SIDECAR_SOURCE": "SSM"}).source == "ssm"
 
 
-def test_list_interval_defaults_to_the_ttl():
-    assert load({"SIDECAR_TTL": "42"}).list_interval == 42.0
-    assert load(ttl="7.5").list_interval == 7.5
-    assert load({"SIDECAR_TTL": "42", "SIDECAR_LIST_INTERVAL": "5"}).list_interval == 5.0
+def test_the_negative_ttl_defaults_to_twice_the_listing_interval():
+    assert load({"SIDECAR_TTL": "42"}).list_interval == 300.0  # the TTL no longer sets it
+    assert load({"SIDECAR_LIST_INTERVAL": "60"}).negative_ttl == 120.0
+    assert load(list_interval="7.5").negative_ttl == 15.0
+    assert load({"SIDECAR_LIST_INTERVAL": "60", "SIDECAR_NEGATIVE_TTL": "5"}).negative_ttl == 5.0
 
 
 def test_an_empty_env_var_means_the_default():
     settings = load({"SIDECAR_TTL": "", "SIDECAR_PORT": "", "SIDECAR_HOST": "", "SIDECAR_BACKEND_KWARGS": ""})
 
-    assert (settings.ttl, settings.port, settings.host) == (300.0, 2779, "127.0.0.1")
+    assert (settings.ttl, settings.port, settings.host) == (1800.0, 2779, "127.0.0.1")
     assert settings.store.kinds["variables"].prefix == "airflow/variables"
 
 
@@ -183,7 +184,7 @@ def test_warmup_flag_true_wins_over_env_false():
 
 @pytest.mark.parametrize("task_pod", [{"SIDECAR_TASK_POD": "True"}, {"SIDECAR_TASK_POD": "true"}, {}])
 def test_a_task_pod_neither_warms_up_nor_waits_for_its_turn(task_pod):
-    """"True" is the value of the `kubernetes_executor` label that Airflow puts on task pods; the
+    """ "True" is the value of the `kubernetes_executor` label that Airflow puts on task pods; the
     Helm values hand it to the sidecar, whose spec is the Celery workers' too."""
     settings = load({"SIDECAR_WARMUP": "true", "SIDECAR_WARMUP_JITTER": "60", **task_pod})
     assert (settings.warmup, settings.warmup_jitter) == ((False, 0.0) if task_pod else (True, 60.0))

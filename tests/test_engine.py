@@ -39,14 +39,15 @@ async def test_after_warm_up_1000_lookups_over_25_keys_cost_almost_nothing(aws, 
     keys = [("variables", f"var{i}") for i in range(15)] + [("connections", f"conn{i}") for i in range(5)]
     keys += [("variables", f"absent{i}") for i in range(5)]
 
-    for _round in range(40):
+    for round_ in range(40):
         for kind, key in keys:
             status, _, cache = await sidecar.get(kind, key)
             assert status == (404 if key.startswith("absent") else 200)
-            assert cache == "hit"
+            # An absent name is asked of AWS once, by name: a listing lags new secrets.
+            assert cache == ("miss" if round_ == 0 and key.startswith("absent") else "hit")
 
-    assert aws.total() <= 3, aws.calls
-    assert warm_up_calls == {"ListSecrets": 3, "BatchGetSecretValue": 1}
+    assert aws.calls == {"GetSecretValue": 5}
+    assert warm_up_calls == {"ListSecrets": 1, "BatchGetSecretValue": 1}  # one listing for the three prefixes
 
 
 async def test_a_key_read_steadily_across_ten_ttls_is_never_a_miss_after_the_first(aws, start_sidecar):
@@ -66,7 +67,7 @@ async def test_a_key_read_steadily_across_ten_ttls_is_never_a_miss_after_the_fir
 
 async def test_aws_down_serves_stale_then_recovers(aws: AwsEmulator, start_sidecar, caplog):
     aws.put("airflow/variables/known", "v")
-    sidecar = await start_sidecar(ttl=300, max_stale=3600)
+    sidecar = await start_sidecar(ttl=300, negative_ttl=300, max_stale=3600)
     assert (await sidecar.get("variables", "known"))[2] == "miss"
     assert (await sidecar.get("variables", "known_absent"))[0] == 404
     sidecar.clock.advance(301)
@@ -124,24 +125,14 @@ async def test_deleted_secret_stops_being_served_at_expiry(aws, start_sidecar):
     assert (await sidecar.get("variables", "gone"))[0] == 404
 
 
-async def test_listing_is_authoritative_and_sees_new_secrets_at_the_next_listing(aws, start_sidecar):
+async def test_a_secret_created_after_the_listing_is_found_at_its_first_lookup(aws, start_sidecar):
     aws.put("airflow/variables/a", "1")
     sidecar = await start_sidecar(warm=True, list_interval=60)
     aws.clear_counts()
     aws.put("airflow/variables/b", "2")
 
-    assert (await sidecar.get("variables", "b"))[0] == 404
-    assert aws.total() == 0
-    await sidecar.daemon.catalog.refresh()
-    assert (await sidecar.get("variables", "b"))[:2] == (200, {"value": "2"})
-
-
-async def test_a_stale_listing_stops_being_authoritative(aws, start_sidecar):
-    sidecar = await start_sidecar(warm=True, list_interval=60)
-    aws.put("airflow/variables/late", "v")
-    sidecar.clock.advance(121)  # two intervals without a listing
-
-    assert (await sidecar.get("variables", "late"))[:2] == (200, {"value": "v"})
+    assert await sidecar.get("variables", "b") == (200, {"value": "2"}, "miss")
+    assert aws.calls == {"GetSecretValue": 1}
 
 
 async def test_refresh_true_looks_past_the_listing(aws, start_sidecar):
@@ -243,14 +234,15 @@ async def test_a_hit_answered_many_times_expires_with_its_ttl(aws, start_sidecar
     assert _lookups(sidecar, "hit") == 4  # each answer counted, reused or not
 
 
-async def test_an_absent_name_answered_many_times_stops_being_absent_with_its_listing(aws, start_sidecar):
+async def test_an_absent_name_answered_many_times_is_found_after_the_next_listing(aws, start_sidecar):
     sidecar = await start_sidecar(warm=True, list_interval=60)
+    assert (await sidecar.get("variables", "late"))[::2] == (404, "miss")
     for _ in range(3):
         assert (await sidecar.get("variables", "late"))[::2] == (404, "hit")
+    assert _lookups(sidecar, "negative_hit") == 3
     aws.put("airflow/variables/late", "v")
-    sidecar.clock.advance(120)
-    assert (await sidecar.get("variables", "late"))[::2] == (404, "hit")  # two intervals: still authoritative
-    assert _lookups(sidecar, "listed_absent") == 4
-    sidecar.clock.advance(1)
+    sidecar.clock.advance(60)
+    assert (await sidecar.get("variables", "late"))[::2] == (404, "hit")  # remembered until the listing
+    await sidecar.daemon.list_once()
 
-    assert (await sidecar.get("variables", "late"))[:2] == (200, {"value": "v"})
+    assert await sidecar.get("variables", "late") == (200, {"value": "v"}, "hit")

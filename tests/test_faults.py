@@ -40,7 +40,9 @@ def _upstream(sidecar, api: str, outcome: str) -> float:
 
 async def test_black_holed_aws_serves_the_expired_value_and_the_known_miss_stale(aws, proxy, start_sidecar):
     aws.put("airflow/variables/known", "v")
-    sidecar = await start_sidecar(backend_kwargs=_via(proxy), ttl=300, max_stale=3600, request_timeout=5)
+    sidecar = await start_sidecar(
+        backend_kwargs=_via(proxy), ttl=300, negative_ttl=300, max_stale=3600, request_timeout=5
+    )
     assert (await sidecar.get("variables", "known"))[::2] == (200, "miss")
     assert (await sidecar.get("variables", "known_absent"))[::2] == (404, "miss")
     sidecar.clock.advance(301)
@@ -231,7 +233,7 @@ async def test_a_refused_batch_api_is_tried_again_later(aws, start_sidecar, monk
     aws.put("airflow/variables/a", "1")
     aws.fail["BatchGetSecretValue"] = "AccessDeniedException"
     monkeypatch.setattr(secretsmanager, "BATCH_RETRY_AFTER", 0.0)  # as if the hour passed at once
-    sidecar = await start_sidecar(warm=True)
+    sidecar = await start_sidecar(warm=True, ttl=300)
     assert aws.calls["GetSecretValue"] == 1  # refused: one by one
     aws.fail.clear()
     aws.clear_counts()
@@ -319,3 +321,146 @@ async def test_stop_cancels_fetches_still_waiting_on_aws_before_the_client_close
     await sidecar.daemon.stop()
     pending = [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()]
     assert pending == []
+
+
+# --- 6. The listing as a change feed: rotations, deletions, and secrets a lagging listing hides ---
+
+
+async def _lagging(proxy, sidecar, seconds: float) -> None:
+    """ListSecrets shows the account as it was `seconds` ago on the daemon's clock."""
+    proxy.clock = sidecar.clock
+    proxy.set("ListSecrets", "lag", delay=seconds)
+
+
+async def test_a_hang_during_a_listing_answers_misses_stale_within_a_second(aws, proxy, start_sidecar):
+    sidecar = await start_sidecar(
+        backend_kwargs=_via(proxy), warm=True, ttl=1, negative_ttl=1, list_interval=1, request_timeout=4
+    )
+    assert (await sidecar.get("variables", "known_absent"))[::2] == (404, "miss")
+    sidecar.clock.advance(2)
+    proxy.set("*", "blackhole")
+    listing = asyncio.ensure_future(sidecar.daemon.list_once())  # waits on AWS
+    await _wait(lambda: proxy.held("ListSecrets") == 1, "the listing to reach AWS")
+    sidecar.clock.advance(1.5)  # the last good listing is three intervals old
+
+    # Stale after at most a second of waiting (half the request timeout), not a 503 at 4 s.
+    assert (await sidecar.get("variables", "known_absent"))[::2] == (404, "stale")
+    assert (await sidecar.get("variables", "never_asked"))[::2] == (404, "stale")  # the listing lacked it
+    proxy.clear()
+    with contextlib.suppress(UpstreamError):
+        await asyncio.wait_for(listing, 30)
+
+
+async def test_a_secret_created_under_a_lagging_listing_is_served_after_the_next_listing(aws, proxy, start_sidecar):
+    sidecar = await start_sidecar(backend_kwargs=_via(proxy), warm=True, list_interval=60)
+    await _lagging(proxy, sidecar, 300)  # AWS's documented worst case
+    for _ in range(2):  # a DAG asks for it before it exists
+        assert (await sidecar.get("variables", "new_one"))[0] == 404
+    aws.put("airflow/variables/new_one", "v")
+    sidecar.clock.advance(60)
+    await sidecar.daemon.list_once()  # the listing lacks it: the remembered miss is asked again
+
+    assert await sidecar.get("variables", "new_one") == (200, {"value": "v"}, "hit")
+
+
+async def test_a_name_nobody_creates_costs_at_most_one_call_per_listing_interval(aws, proxy, start_sidecar):
+    sidecar = await start_sidecar(backend_kwargs=_via(proxy), warm=True, list_interval=60)
+    await _lagging(proxy, sidecar, 300)
+    aws.clear_counts()
+    intervals = 10
+    for _ in range(intervals):
+        for _ in range(6):  # read every ten seconds
+            assert (await sidecar.get("variables", "nobody"))[0] == 404
+            sidecar.clock.advance(10)
+        await sidecar.daemon.list_once()
+
+    assert aws.names.count("airflow/variables/nobody") <= 1 + intervals  # its first read, then one per listing
+    unread = "airflow/variables/read_once"
+    assert (await sidecar.get("variables", "read_once"))[0] == 404
+    for _ in range(3):  # nobody reads it again: it lapses at the next listing, and costs nothing
+        sidecar.clock.advance(60)
+        await sidecar.daemon.list_once()
+    assert aws.names.count(unread) == 1
+
+
+async def test_a_rotation_by_put_secret_value_is_served_after_the_next_listing(aws, proxy, start_sidecar):
+    aws.put("airflow/variables/rotated", "old")
+    aws.put("airflow/variables/unchanged", "same")
+    sidecar = await start_sidecar(backend_kwargs=_via(proxy), warm=True, ttl=3600, list_interval=60)
+    for key in ("rotated", "unchanged"):
+        assert (await sidecar.get("variables", key))[2] == "hit"
+    aws.client().put_secret_value(SecretId="airflow/variables/rotated", SecretString="new")
+    proxy.reset_counts()
+    aws.clear_counts()
+    sidecar.clock.advance(60)
+    await sidecar.daemon.list_once()
+
+    assert await sidecar.get("variables", "rotated") == (200, {"value": "new"}, "hit")
+    assert proxy.counts() == {"ListSecrets": 1, "BatchGetSecretValue": 1}
+    assert "airflow/variables/unchanged" not in aws.names  # its version did not move: not fetched
+
+
+async def test_a_stage_moved_back_by_update_secret_version_stage_is_served_after_the_next_listing(
+    aws, proxy, start_sidecar
+):
+    secrets = aws.client()
+    first = secrets.create_secret(Name="airflow/variables/rolled", SecretString="v1")["VersionId"]
+    second = secrets.put_secret_value(SecretId="airflow/variables/rolled", SecretString="v2")["VersionId"]
+    sidecar = await start_sidecar(backend_kwargs=_via(proxy), warm=True, ttl=3600, list_interval=60)
+    assert (await sidecar.get("variables", "rolled"))[1] == {"value": "v2"}
+    secrets.update_secret_version_stage(
+        SecretId="airflow/variables/rolled",
+        VersionStage="AWSCURRENT",
+        MoveToVersionId=first,
+        RemoveFromVersionId=second,
+    )
+    sidecar.clock.advance(60)
+    await sidecar.daemon.list_once()
+
+    assert await sidecar.get("variables", "rolled") == (200, {"value": "v1"}, "hit")
+
+
+async def test_a_rotation_under_a_lagging_listing_is_served_once_the_listing_shows_it(aws, proxy, start_sidecar):
+    aws.put("airflow/variables/rotated", "old")
+    sidecar = await start_sidecar(backend_kwargs=_via(proxy), warm=True, ttl=3600, list_interval=60)
+    await _lagging(proxy, sidecar, 120)
+    aws.client().put_secret_value(SecretId="airflow/variables/rotated", SecretString="new")
+    for _ in range(2):  # the listings still show the old version map
+        sidecar.clock.advance(60)
+        await sidecar.daemon.list_once()
+        assert (await sidecar.get("variables", "rotated"))[1] == {"value": "old"}
+    sidecar.clock.advance(60)  # more than the lag since the layer saw the new map
+    await sidecar.daemon.list_once()
+
+    assert (await sidecar.get("variables", "rotated"))[1] == {"value": "new"}
+
+
+async def test_a_deleted_secret_is_a_404_after_the_listing_that_shows_it_gone(aws, proxy, start_sidecar):
+    aws.put("airflow/variables/gone", "v")
+    sidecar = await start_sidecar(backend_kwargs=_via(proxy), warm=True, ttl=3600, list_interval=60)
+    await _lagging(proxy, sidecar, 60)
+    assert (await sidecar.get("variables", "gone"))[1] == {"value": "v"}
+    aws.client().delete_secret(SecretId="airflow/variables/gone", ForceDeleteWithoutRecovery=True)
+    sidecar.clock.advance(60)
+    await sidecar.daemon.list_once()  # the layer sees it gone: still listed for a minute
+    assert (await sidecar.get("variables", "gone"))[1] == {"value": "v"}
+    sidecar.clock.advance(61)
+    await sidecar.daemon.list_once()
+
+    assert (await sidecar.get("variables", "gone"))[::2] == (404, "hit")
+
+
+async def test_a_rotation_whose_refetch_fails_is_not_served_fresh_until_the_ttl(aws, proxy, start_sidecar):
+    aws.put("airflow/variables/rotated", "old")
+    sidecar = await start_sidecar(backend_kwargs=_via(proxy), warm=True, ttl=3600, list_interval=60)
+    assert (await sidecar.get("variables", "rotated"))[1] == {"value": "old"}
+    aws.client().put_secret_value(SecretId="airflow/variables/rotated", SecretString="new")
+    proxy.set("BatchGetSecretValue", "5xx")
+    sidecar.clock.advance(60)
+    await sidecar.daemon.list_once()  # the listing shows the rotation; its batch fails
+    proxy.set("GetSecretValue", "5xx")
+    assert await sidecar.get("variables", "rotated") == (200, {"value": "old"}, "stale")  # AWS still failing
+    proxy.clear()
+    sidecar.clock.advance(120)  # past the back-off
+
+    assert await sidecar.get("variables", "rotated") == (200, {"value": "new"}, "miss")

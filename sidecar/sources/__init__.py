@@ -1,7 +1,9 @@
 """Secret stores: each fetches names from AWS and knows nothing of Airflow.
 
 A source answers `get(name)` with the secret's string, or None when AWS says the name does not
-exist or cannot be served as a string; any other failure raises `UpstreamError`.
+exist or cannot be served as a string; any other failure raises `UpstreamError`. Its listing
+gives, for each name, what moves when the secret changes (its version) and, where the listing
+carries it, the value.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sidecar.config import Settings
@@ -17,7 +20,15 @@ from sidecar.metrics import Metrics
 from sidecar.sources.aws import Caller, UpstreamError, open_client
 from sidecar.sources.quotas import RateLimits
 
-__all__ = ["Source", "UpstreamError", "open_source"]
+__all__ = ["Listed", "Source", "UpstreamError", "open_source"]
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One name in a listing."""
+
+    version: str | None  # changes whenever the value does: AWSCURRENT's version id, a parameter's Version
+    value: str | None = None  # the value, where the listing carries it (Parameter Store)
 
 
 class Source(Protocol):
@@ -26,8 +37,8 @@ class Source(Protocol):
 
     async def get(self, name: str) -> str | None: ...
 
-    async def list_names(self, prefix: str) -> dict[str, str | None]:
-        """Every name under `prefix`, with its value where the listing carries it (else None)."""
+    async def list_secrets(self, prefixes: list[str]) -> dict[str, Listed]:
+        """Every name under any of `prefixes` (each ends with the separator)."""
         ...
 
     async def get_many(self, names: list[str], *, ahead: bool = False) -> dict[str, str | UpstreamError | None]:

@@ -66,6 +66,12 @@ CREDENTIAL_CODES = frozenset(
 )
 
 
+# APIs with small account-wide quotas (100/s) whose throttling the daemon handles itself, by falling
+# back to GetSecretValue or by listing again later, spread out: botocore does not retry them when
+# throttled, so a fleet started together costs each daemon one throttled call, not a retry series.
+NOT_RETRIED_WHEN_THROTTLED = frozenset({"ListSecrets", "BatchGetSecretValue", "GetParametersByPath"})
+
+
 # botocore's retry mode. "adaptive" adds a client-side rate limiter that slows down while AWS
 # throttles: 2.1 calls/s instead of 15/s in tests/benchmarks/throttling.py, cached keys answered
 # as fast (stale); a key with nothing cached waits in the limiter up to the request timeout.
@@ -190,10 +196,21 @@ async def open_client(service: str, store: StoreSettings, max_upstream: int) -> 
         raise ConfigError(
             "no AWS region: set region_name in --backend-kwargs / SIDECAR_BACKEND_KWARGS, or AWS_REGION"
         ) from None
+    service_id = client.meta.service_model.service_id.hyphenize()
+    for api in NOT_RETRIED_WHEN_THROTTLED:
+        # More specific than the retry handler's event: it answers first, and False means no retry.
+        client.meta.events.register(f"needs-retry.{service_id}.{api}", _not_when_throttled)
     try:
         yield client
     finally:
         await client_context.__aexit__(None, None, None)
+
+
+def _not_when_throttled(response: Any = None, **_: Any) -> bool | None:
+    """botocore's needs-retry hook: no retry for a throttled answer (None: let botocore decide)."""
+    if response is not None and response[1].get("Error", {}).get("Code") in THROTTLING_CODES:
+        return False
+    return None
 
 
 class Caller:

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiobotocore.client import AioBaseClient
 
+from sidecar.sources import Listed
 from sidecar.sources.aws import TRANSIENT_CODES, Caller, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -38,24 +39,35 @@ class SecretsManagerSource:
         self._timer = asyncio.get_running_loop().time  # simulated time under tests/fleet.py
         self._batch_paused_until: float | None = None  # BatchGetSecretValue denied or throttled: one by one
         self._batch_throttled = False  # the pause is AWS's throttling: ask one name at a time
+        self._listed: dict[str, Listed] = {}  # the last listing, for the versions it named
 
     async def get(self, name: str) -> str | None:
+        # AWSCURRENT is what AWS serves without a label too; moto, after UpdateSecretVersionStage
+        # moved it, serves the version it stored as its default unless asked by label.
         response = await self._call(
-            "GetSecretValue", lambda: self._client.get_secret_value(SecretId=name), NOT_FOUND_CODES
+            "GetSecretValue",
+            lambda: self._client.get_secret_value(SecretId=name, VersionStage="AWSCURRENT"),
+            NOT_FOUND_CODES,
         )
         # Binary secrets have no SecretString: like the provider, they are not served.
         return None if response is None else response.get("SecretString")
 
-    async def list_names(self, prefix: str) -> dict[str, str | None]:
-        """Every secret name that starts with `prefix` (ListSecrets carries no values)."""
-        names: dict[str, str | None] = {}
-        request: dict[str, Any] = {"Filters": [{"Key": "name", "Values": [prefix]}], "MaxResults": 100}
+    async def list_secrets(self, prefixes: list[str]) -> dict[str, Listed]:
+        """Every secret under `prefixes`, with the version AWSCURRENT is on (ListSecrets carries no
+        values). One paginated listing for all: the `name` filter is a case-sensitive prefix match
+        and a secret matches if any of its values does (at most 10: one prefix per kind here)."""
+        listed: dict[str, Listed] = {}
+        request: dict[str, Any] = {"Filters": [{"Key": "name", "Values": prefixes}], "MaxResults": 100}
         while True:
             page = await self._call("ListSecrets", lambda request=request: self._client.list_secrets(**request))
             assert page is not None
-            names.update((s["Name"], None) for s in page.get("SecretList", []) if s["Name"].startswith(prefix))
+            for entry in page.get("SecretList", []):
+                name = entry["Name"]
+                if name.startswith(tuple(prefixes)):
+                    listed[name] = Listed(_current_version(entry))
             if not page.get("NextToken"):
-                return names
+                self._listed = listed
+                return listed
             request = {**request, "NextToken": page["NextToken"]}
 
     async def get_many(self, names: list[str], *, ahead: bool = False) -> dict[str, str | UpstreamError | None]:
@@ -94,15 +106,20 @@ class SecretsManagerSource:
         if self._batch_paused_until is not None:
             self._batch_paused_until = None
             log.info("BatchGetSecretValue works again: secrets are fetched 20 per call")
-        found: dict[str, str | UpstreamError | None] = {
-            s["Name"]: s.get("SecretString") for s in response.get("SecretValues", [])
-        }
+        found: dict[str, str | UpstreamError | None] = {}
+        for secret in response.get("SecretValues", []):
+            # BatchGetSecretValue takes no staging label. An answer on another version than the one
+            # the last listing named is asked again by label: on AWS, the listing lagged a newer
+            # change; moto's batch ignores a label moved by UpdateSecretVersionStage.
+            listed = self._listed.get(secret["Name"])
+            if listed is None or listed.version in (None, secret.get("VersionId")):
+                found[secret["Name"]] = secret.get("SecretString")
         for error in response.get("Errors", []):
             code = str(error.get("ErrorCode") or "Unknown")
             detail = str(error.get("Message") or "")
             failure = UpstreamError("BatchGetSecretValue", code, code in TRANSIENT_CODES, detail)
             found[error["SecretId"]] = None if code in NOT_FOUND_CODES else failure
-        # AWS answers for every name it was asked; should one be missing, ask for it alone.
+        # AWS answers for every name it was asked; should one be missing (or set aside), ask for it alone.
         found.update(await self._get_each([name for name in batch if name not in found]))
         return found
 
@@ -134,3 +151,9 @@ class SecretsManagerSource:
                 )
         self._batch_paused_until = self._timer() + (BATCH_THROTTLED_FOR if error.throttled else BATCH_RETRY_AFTER)
         self._batch_throttled = error.throttled
+
+
+def _current_version(entry: dict[str, Any]) -> str | None:
+    """The version id AWSCURRENT is attached to, in a SecretListEntry."""
+    stages = entry.get("SecretVersionsToStages") or {}
+    return next((version for version, labels in stages.items() if "AWSCURRENT" in labels), None)

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiobotocore.client import AioBaseClient
 
+from sidecar.sources import Listed
 from sidecar.sources.aws import Caller, UpstreamError
 
 # The provider returns None for ParameterNotFound; a `name:version` that does not exist makes it
@@ -28,19 +29,23 @@ class ParameterStoreSource:
         )
         return None if response is None else response["Parameter"]["Value"]
 
-    async def list_names(self, prefix: str) -> dict[str, str | None]:
-        """Every parameter below `prefix` (recursive), with its decrypted value."""
-        found: dict[str, str | None] = {}
-        request: dict[str, Any] = {"Path": prefix.rstrip("/") or "/", "Recursive": True, "WithDecryption": True}
-        while True:
-            page = await self._call(
-                "GetParametersByPath", lambda request=request: self._client.get_parameters_by_path(**request)
-            )
-            assert page is not None
-            found.update((p["Name"], p["Value"]) for p in page.get("Parameters", []) if p["Name"].startswith(prefix))
-            if not page.get("NextToken"):
-                return found
-            request = {**request, "NextToken": page["NextToken"]}
+    async def list_secrets(self, prefixes: list[str]) -> dict[str, Listed]:
+        """Every parameter below each prefix (recursive), with its decrypted value and Version."""
+        found: dict[str, Listed] = {}
+        for prefix in prefixes:  # GetParametersByPath takes one path
+            request: dict[str, Any] = {"Path": prefix.rstrip("/") or "/", "Recursive": True, "WithDecryption": True}
+            while True:
+                page = await self._call(
+                    "GetParametersByPath", lambda request=request: self._client.get_parameters_by_path(**request)
+                )
+                assert page is not None
+                for parameter in page.get("Parameters", []):
+                    if parameter["Name"].startswith(prefix):
+                        found[parameter["Name"]] = Listed(str(parameter.get("Version")), parameter["Value"])
+                if not page.get("NextToken"):
+                    break
+                request = {**request, "NextToken": page["NextToken"]}
+        return found
 
     async def get_many(self, names: list[str], *, ahead: bool = False) -> dict[str, str | UpstreamError | None]:
         """Values of `names`, 10 per GetParameters call; a name AWS reports invalid maps to None.

@@ -162,27 +162,42 @@ def _fresh_summary(records: list[dict[str, Any]], calls: dict[str, int], process
 
 
 async def _simulate_day(
-    aws: SlowAwsEmulator, values: dict[str, str], *, seconds: int, step: int, progress: Progress
+    aws: SlowAwsEmulator,
+    values: dict[str, str],
+    *,
+    seconds: int,
+    step: int,
+    progress: Progress,
+    settings_env: dict[str, str],
 ) -> dict[str, Any]:
     clock = FakeClock()
     # The whole quota: pacing waits on the real clock while the day runs on the fake one, so at the
     # default share each listing and batch call would wait 100 ms for nothing; no count changes.
-    settings = make_settings(aws, aws_quota_share=1)
+    settings = make_settings(aws, aws_quota_share=1, **settings_env)
     daemon = Daemon(settings, timer=clock, jitter=random.Random(200).uniform, background=False)
     await daemon.start()
     try:
         aws.clear_counts()
         await daemon.warm_up()
-        warm_up = aws.snapshot()
+        warm_up = aws.snapshot("sidecar")
         aws.clear_counts()
         statuses: Counter[str] = Counter()
         reads = 0
+        expected = dict(values)
+        rotated: dict[str, str] = {}  # key -> its value before a rotation no listing has seen yet
+        rotations = 0
+        secrets = aws.client()
         next_listing = settings.list_interval
         for elapsed in range(0, seconds, step):
+            if elapsed % 600 == 0 and elapsed:  # a rotation every ten minutes, through the keys in turn
+                key = sorted(values)[elapsed // 600 % len(values)]
+                rotated[key], expected[key] = expected[key], f"{values[key]} rotated at {elapsed}"
+                secrets.put_secret_value(SecretId=VARIABLES + key, SecretString=expected[key])
+                rotations += 1
             if elapsed % 60 == 0:
-                for key, expected in values.items():
+                for key in values:
                     value, status = await daemon.resolver.resolve("variables", key)
-                    if value != expected:
+                    if value != expected[key] and (key not in rotated or value != rotated[key]):
                         raise WrongValue(f"simulated day, minute {elapsed // 60}: variable {key!r} had a wrong value")
                     statuses[status.value] += 1
                     reads += 1
@@ -191,9 +206,10 @@ async def _simulate_day(
             clock.advance(step)
             await daemon.cache.refresh_due()
             if elapsed + step >= next_listing:
-                await daemon.catalog.refresh()
+                await daemon.list_once()
+                rotated.clear()  # from here on, only the new values are right
                 next_listing += settings.list_interval
-        calls = aws.snapshot()
+        calls = aws.snapshot("sidecar")  # not the rotations, which the test makes
     finally:
         await daemon.stop()
     return {
@@ -205,14 +221,23 @@ async def _simulate_day(
         "warm_up_calls": warm_up,
         "calls": calls,
         "reads": reads,
+        "rotations": rotations,
         "read_statuses": dict(sorted(statuses.items())),
     }
 
 
 def calls_per_day(
-    aws: SlowAwsEmulator, *, keys: int, hours: float, step: int, price_per_10k: float, progress: Progress
+    aws: SlowAwsEmulator,
+    *,
+    keys: int,
+    hours: float,
+    step: int,
+    price_per_10k: float,
+    progress: Progress,
+    settings_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Each key read once a simulated minute; refresh passes every `step` s; listings every list_interval."""
+    """Each key read once a simulated minute, one rotated every ten; refresh passes every `step` s;
+    listings every list_interval. `settings_env`: SIDECAR_* settings besides the defaults."""
     if 60 % step:
         raise ValueError(f"step must divide a minute, got {step}")
     values = day_workload(keys)
@@ -222,7 +247,10 @@ def calls_per_day(
     seconds = int(hours * 3600)
     started = time.perf_counter()
     try:
-        measured = asyncio.run(_simulate_day(aws, values, seconds=seconds, step=step, progress=progress))
+        simulated = _simulate_day(
+            aws, values, seconds=seconds, step=step, progress=progress, settings_env=settings_env or {}
+        )
+        measured = asyncio.run(simulated)
     finally:
         aws.latency = latency
     scale = 86400 / seconds
