@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-pythons test-airflow2 test-airflow-versions test-image test-helm test-astro lint bench fleet soak constraints clean
+.PHONY: demo test test-pythons test-airflow2 test-airflow-versions test-image test-helm test-astro lint bench bench-defaults fleet soak constraints clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +100,11 @@ bench: $(VENV)/.dev-installed
 # minutes on 2 cores; its fast form runs in make test (tests/test_fleet.py).
 fleet: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.fleet
+
+# Each candidate TTL and listing interval: the simulated day and the fleet's steady state, beside
+# the bounds they give (tests/benchmarks/defaults.py), about 7 minutes on 2 cores.
+bench-defaults: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.benchmarks.defaults
 
 # The daemon as a process, Airflow-like clients, AWS flapping behind a fault layer (tests/soak.py).
 SOAK_SECONDS ?= 60
