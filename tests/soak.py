@@ -6,45 +6,65 @@ Loopback only; it stops by itself. Pieces:
 
 - AWS is moto's server (`tests.support.AwsEmulator`, fake credentials), with 20 variables and 5
   connections under airflow/variables and airflow/connections, each value naming its key and a
-  version (`var03#v2`; connections a URI ending `?version=2`), and 10 keys that do not exist.
-- A `tests.faults.FaultProxy` sits between the daemon and moto.
+  version (`var03#v2`; connections a URI ending `?version=2`), and 10 keys that never exist.
+- A `tests.faults.FaultProxy` sits between the daemon and moto. ListSecrets lags for the whole
+  run (`set("ListSecrets", "lag", delay=LAG)`, LAG 1.5 s: each secret listed as it was 1.5 s
+  before), composed with the phases below: while they fault "*", ListSecrets faults alike.
 - The daemon runs as its own process (`python -m sidecar serve`) on a free port with a token file,
-  `endpoint_url` = the fault layer, and short times so expiry, refresh-ahead and listing happen
-  many times a minute: TTL 4 s, negative TTL 2 s, listing every 4 s, max stale 600 s (an outage
+  `endpoint_url` = the fault layer, and times chosen so that a change's freshness rests on the
+  listing, not on expiry: TTL 30 s (no value expires during the 20-second form; in the minute,
+  refresh-ahead falls in the fault phases), listing every 1 s, negative TTL 10 s (a created secret is
+  found by the listing's re-asking of misses, not by a miss expiring), max stale 600 s (an outage
   of the whole run is served stale), request timeout 3 s.
 - `--clients` Airflow-like processes (each builds `sidecar.backend.SidecarSecretsBackend` with
-  `url` and `token_file`, as Airflow would) loop until the end over present keys, absent keys,
-  and every 20th request a raw `http.client` GET with `refresh=true`. Each records, per answer:
-  key, status, value, latency and `time.monotonic()` at completion (CLOCK_MONOTONIC is
-  system-wide on Linux, so these compare across processes) into its own JSON file, in a temporary
-  directory deleted at the end: the only place secret values are written.
-- The orchestrator rotates one secret a second (`put_secret_value` straight to moto, version
-  N+1, logging the monotonic time before the call) and flaps AWS through the fault layer:
-  normal for the first quarter (warm-up), then slow (1.5 s per request), blackhole, down,
-  throttle and 5xx in equal shares, then normal for at least 3 x TTL (the final recovery).
+  `url` and `token_file`, as Airflow would) loop until the end over present keys (60%), keys
+  that never exist (15%), and keys created during the run (25%: half of them among the names
+  created in the last 4 s or the next 1 s, so each is asked for before and after it exists,
+  half among those created so far), every 20th request a raw `http.client` GET with
+  `refresh=true`. Each records, per answer: key, status, value, latency and `time.monotonic()`
+  at completion (CLOCK_MONOTONIC is system-wide on Linux, so these compare across processes)
+  into its own JSON file, in a temporary directory deleted at the end: the only place secret
+  values are written.
+- The orchestrator, straight to moto, logging the monotonic time before each call and then
+  telling the fault layer (`proxy.observe()`, so the lag counts from the change as AWS's does):
+  rotates one secret a second (`put_secret_value`, version N+1) and creates one a second, half
+  a second after each rotation (`new000`, `new_conn001`, ...: a variable, then a connection,
+  version 1), both through all phases. It flaps AWS through the fault layer: normal for the first quarter
+  (warm-up), then throttle, slow (1.5 s per request), blackhole, down and 5xx in equal shares,
+  then normal for the final recovery: a fifth of the run, at least B + 5 s.
+
+B = min(TTL, LAG + 1.1 x LIST_INTERVAL) + 1 s = 3.6 s: a rotation is served once a listing shows
+it (its lag, then the next listing, jittered up to 1.1 x the interval), or at the latest at
+expiry; the 1 s is for the listing, the batch and a loaded machine.
 
 Checks; any failure is printed and the exit status is 1:
 
 1. wrong values: a 200 for key k is k's own value with version N no newer than the latest
-   rotation started before the answer completed; a present key is never 404; an absent key never
-   gets a value.
+   rotation started before the answer completed; a 200 for a created key before its creation
+   started is wrong; a present key is never 404; a key that never exists never gets a value.
 2. only documented statuses: 200, 404 and 503 (the backend's SidecarError "answered 503").
    Anything else (401, 429, 500, connection errors, timeouts, other exceptions) fails.
-3. freshness after the final recovery: an answer completing at t >= recovery + TTL + 1 s has a
-   version no older than the latest rotation started at or before t - TTL - 1 s. This covers
-   every key rotated before the recovery, and rotations during the final phase too.
-4. the daemon's RSS (/proc/PID/status VmRSS) and open fds (/proc/PID/fd), sampled each second:
+3. freshness after the final recovery: an answer completing at t >= recovery + B has a version
+   no older than the latest rotation started at or before t - B. This covers every key rotated
+   before the recovery, and rotations during the final phase too.
+4. creations: an answer for a created key completing at t >= its creation + 1.1 x
+   LIST_INTERVAL + 1 s and t >= recovery + B is a 200 with its value; a 404 (or 503) then is
+   "created secret not served within the bound". The daemon asks AWS for a miss by name and
+   asks the misses read since the last listing again after each listing, so the listing's lag
+   does not delay a creation.
+5. the daemon's RSS (/proc/PID/status VmRSS) and open fds (/proc/PID/fd), sampled each second:
    the value at the end may not exceed the value after warm-up by more than 10% (fds: or 2, which
    is more for a dozen: one keep-alive connection to AWS more or less). After warm-up is
    the largest of the samples in the 2.5 s before the end of the first quarter, the end the
    smallest in the last 2.5 s (clients still running): a connection open for a moment cannot
    fail the check, a leak shows in every sample. A fall is no leak and passes (idle connections
    closing can take the fd count down by more than 10% of a dozen).
-5. the daemon exits 0 on SIGTERM; every client exits 0; there were lookups, answers after the
-   recovery window, and rotations before the recovery (else checks 1 and 3 would be empty).
+6. the daemon exits 0 on SIGTERM; every client exits 0; there were lookups, rotations before the
+   recovery, creations, and answers checked by checks 3 and 4 (else they would be empty).
 
 Prints Markdown tables and writes JSON (`--json`, default tests/benchmarks/results/soak.json,
-git-ignored); neither holds a secret value.
+git-ignored) with the counts: rotations (and how many some answer served), creations, answers
+checked by each check; neither holds a secret value.
 """
 
 from __future__ import annotations
@@ -75,27 +95,54 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "tests" / "benchmarks" / "results" / "soak.json"
 
-TTL = 4.0
-DAEMON_SETTINGS = {"ttl": "4", "negative_ttl": "2", "list_interval": "4", "max_stale": "600", "request_timeout": "3"}
+TTL = 30.0  # well above LAG + 1.1 x LIST_INTERVAL: rotations are served by the listing, not expiry
+NEGATIVE_TTL = 10.0  # above the creation bound: created secrets are served by the listing's re-asking
+LIST_INTERVAL = 1.0
+LAG = 1.5  # seconds ListSecrets lags behind AWS, the whole run
+SLACK = 1.0  # seconds beyond each bound: the listing, the batch, a loaded machine
+BOUND = min(TTL, LAG + 1.1 * LIST_INTERVAL) + SLACK  # B: a rotation is served within it
+CREATED_BOUND = 1.1 * LIST_INTERVAL + SLACK  # a creation is served within it, whatever the lag
+DAEMON_SETTINGS = {
+    "ttl": f"{TTL:g}",
+    "negative_ttl": f"{NEGATIVE_TTL:g}",
+    "list_interval": f"{LIST_INTERVAL:g}",
+    "max_stale": "600",
+    "request_timeout": "3",
+}
 SLOW_DELAY = 1.5  # seconds the fault layer holds each answer during "slow"
-FAULTS = ("slow", "blackhole", "down", "throttle", "5xx")
+# Throttling first: botocore's adaptive retry mode keeps slowing the client down for seconds after
+# AWS stops throttling, and the freshness bounds after the final recovery are the daemon's, not the
+# client-side limiter's.
+FAULTS = ("throttle", "slow", "blackhole", "down", "5xx")
 APIS = ("GetSecretValue", "BatchGetSecretValue", "ListSecrets")
 ROTATE_EVERY = 1.0  # seconds between rotations
+CREATE_EVERY = 1.0  # seconds between creations
+FINAL_MIN = BOUND + 5.0  # the final recovery lasts at least this: 5 s of answers checked
 VARIABLES = [f"var{i:02d}" for i in range(20)]
 CONNECTIONS = [f"conn{i}" for i in range(5)]
 PRESENT = [("variables", k) for k in VARIABLES] + [("connections", k) for k in CONNECTIONS]
 ABSENT = [("variables", f"absent{i}") for i in range(7)] + [("connections", f"absent_conn{i}") for i in range(3)]
 PREFIX = {"variables": "airflow/variables/", "connections": "airflow/connections/"}
-ABSENT_SHARE = 0.25
+ABSENT_SHARE = 0.15
+# Half of it near the names being created now (asked before and after they exist), half among
+# those created so far: not many misses to ask again at each listing, as a DAG would not ask.
+CREATED_SHARE = 0.25
+NEAR = (-4, 1)  # "near": from 4 creations back (4 s) to 1 ahead (1 s)
 REFRESH_EVERY = 20  # every 20th request of a client is a raw GET with refresh=true
 CLIENT_PAUSE = 0.005  # seconds between a client's requests: Airflow-like, not a load test
 DOCUMENTED = (200, 404, 503)
-SLACK = 1.0  # seconds beyond one TTL for the freshness check
 GROWTH = 0.10  # largest RSS / fd growth allowed between warm-up and end
 # ...but at least this many fds: with about a dozen open, one keep-alive connection to AWS (the
 # pool keeps what the last phase needed) is 8%. A leak grows with the 20,000 requests, not by 2.
 FD_SLACK = 2
 STARTUP_TIMEOUT = 120.0
+
+
+def created_keys(seconds: float) -> list[tuple[str, str]]:
+    """The keys the orchestrator creates, in order, one every CREATE_EVERY: variables and
+    connections alternately. The last ones may fall after the end and never be created."""
+    count = int(seconds / CREATE_EVERY)
+    return [("variables", f"new{i:03d}") if i % 2 == 0 else ("connections", f"new_conn{i:03d}") for i in range(count)]
 
 
 def secret_value(kind: str, key: str, version: int) -> str:
@@ -125,6 +172,17 @@ def run_client(config_path: str) -> int:
     token = Path(config["token_file"]).read_text(encoding="utf-8").strip()
     host, port = config["url"].removeprefix("http://").rsplit(":", 1)
     rng = random.Random(config["seed"])
+    created = [(kind, key) for kind, key in config["created"]]
+
+    def pick(t0: float) -> tuple[str, str]:
+        share = rng.random()
+        if share < ABSENT_SHARE:
+            return rng.choice(ABSENT)
+        if share < ABSENT_SHARE + CREATED_SHARE and created:
+            last = int((time.monotonic() - t0) / CREATE_EVERY - 0.5)  # the latest one created, about
+            offset = rng.randint(*NEAR) if rng.random() < 0.5 else -rng.randint(0, max(0, last))
+            return created[min(len(created) - 1, max(0, last + offset))]
+        return rng.choice(PRESENT)
 
     def ask(kind: str, key: str) -> tuple[int | None, str | None, str | None]:
         """(status, value, error) through the backend, as Airflow asks."""
@@ -157,14 +215,12 @@ def run_client(config_path: str) -> int:
 
     ask("variables", VARIABLES[0])  # imports done, connection open: then say ready
     Path(config["ready"]).touch()
-    end = float(sys.stdin.readline().split()[1])  # "go END"
+    _, end_text, t0_text = sys.stdin.readline().split()  # "go END T0"
+    end, t0 = float(end_text), float(t0_text)
     records: list[list[Any]] = []
     while time.monotonic() < end:
         raw = (len(records) + 1) % REFRESH_EVERY == 0
-        if raw:
-            kind, key = rng.choice(PRESENT + ABSENT)
-        else:
-            kind, key = rng.choice(ABSENT if rng.random() < ABSENT_SHARE else PRESENT)
+        kind, key = pick(t0)
         started = time.monotonic()
         status, value, error = (refresh if raw else ask)(kind, key)
         done = time.monotonic()
@@ -179,10 +235,10 @@ def run_client(config_path: str) -> int:
 
 def schedule(seconds: float) -> list[tuple[str, float, float]]:
     """(kind, start, end) offsets: warm-up normal, the faults in equal shares, a final normal."""
-    warm, final = seconds / 4, max(3 * TTL, seconds / 5)
+    warm, final = seconds / 4, max(FINAL_MIN, seconds / 5)
     each = (seconds - warm - final) / len(FAULTS)
-    if each < 0.5:
-        raise SystemExit("--seconds: at least 20, so that each fault lasts half a second")
+    if each < 1.0:
+        raise SystemExit("--seconds: at least 20, so that each fault lasts a second")
     phases, start = [("normal", 0.0, warm)], warm
     for kind in FAULTS:
         phases.append((kind, start, start + each))
@@ -192,13 +248,12 @@ def schedule(seconds: float) -> list[tuple[str, float, float]]:
 
 
 def apply_phase(proxy: Any, kind: str) -> None:
-    if kind == "normal":
-        proxy.clear()
-    elif kind == "down":
+    """Not clear(): that would end ListSecrets' lag. Black holes close when "*" stops being one."""
+    if kind == "down":
         proxy.down()  # first: open connections (black holes included) are reset at once
         proxy.set("*", "normal")
     else:
-        proxy.set("*", kind, delay=SLOW_DELAY)
+        proxy.set("*", kind, delay=SLOW_DELAY if kind == "slow" else 0.0)
         proxy.up()
 
 
@@ -272,24 +327,27 @@ def run(args: argparse.Namespace) -> int:
         for kind, key in PRESENT:
             moto.create_secret(Name=PREFIX[kind] + key, SecretString=secret_value(kind, key, 1))
         proxy = stack.enter_context(FaultProxy(aws.endpoint))
+        proxy.set("ListSecrets", "lag", delay=LAG)  # the whole run; what exists now is listed at once
         daemon, url, daemon_log = start_daemon(stack, tmp, proxy.endpoint)
         sampler = Sampler(daemon.pid)
         sampler.start()
-        clients = start_clients(stack, tmp, url, args.clients)
+        pool = created_keys(args.seconds)
+        clients = start_clients(stack, tmp, url, args.clients, pool)
 
         t0 = time.monotonic()
         end = t0 + args.seconds
         for client in clients:
             assert client.stdin is not None
-            client.stdin.write(f"go {end!r}\n".encode())
+            client.stdin.write(f"go {end!r} {t0!r}\n".encode())
             client.stdin.close()
         progress(f"running {args.seconds:g}s with {args.clients} clients: {', '.join(p[0] for p in phases)}")
         layer_before, moto_before = proxy.counts(), dict(aws.calls)
-        rotations, recovery = drive(proxy, moto, phases, t0, end)
+        rotations, creations, recovery, observed = drive(proxy, moto, phases, t0, end, pool)
         layer_calls = Counter(proxy.counts()) - Counter(layer_before)
         moto_calls = Counter(aws.calls) - Counter(moto_before)
         for api in ("PutSecretValue", "CreateSecret"):  # the orchestrator's own calls
             moto_calls.pop(api, None)
+        moto_calls["ListSecrets"] -= observed  # and the fault layer's snapshots it asked for
 
         client_codes, records = collect(clients, tmp)
         sampler.halt.set()
@@ -297,10 +355,20 @@ def run(args: argparse.Namespace) -> int:
         daemon_metrics = metrics(url) if daemon.poll() is None else {}
         daemon_code, notable = stop_daemon(daemon, daemon_log)
 
-    report = analyse(records, rotations, phases, t0, recovery, sampler, t0 + phases[0][2], end)
+    report = analyse(records, rotations, creations, pool, phases, t0, recovery, sampler, t0 + phases[0][2], end)
     minutes = args.seconds / 60
     report.update(
-        settings={"seconds": args.seconds, "clients": args.clients, "slow_delay_s": SLOW_DELAY, **DAEMON_SETTINGS},
+        settings={
+            "seconds": args.seconds,
+            "clients": args.clients,
+            "slow_delay_s": SLOW_DELAY,
+            "list_lag_s": LAG,
+            "rotation_bound_s": BOUND,
+            "creation_bound_s": CREATED_BOUND,
+            "rotate_every_s": ROTATE_EVERY,
+            "create_every_s": CREATE_EVERY,
+            **DAEMON_SETTINGS,
+        },
         phases=[
             {"kind": k, "label": label_of(phases, i), "start_s": round(s, 2), "end_s": round(e, 2)}
             for i, (k, s, e) in enumerate(phases)
@@ -368,14 +436,17 @@ def start_daemon(stack: contextlib.ExitStack, tmp: Path, endpoint: str) -> tuple
     return daemon, url, log
 
 
-def start_clients(stack: contextlib.ExitStack, tmp: Path, url: str, count: int) -> list[subprocess.Popen[bytes]]:
-    """`count` client processes, each with its lookups done once (imports, connection): ready to go."""
+def start_clients(
+    stack: contextlib.ExitStack, tmp: Path, url: str, count: int, pool: list[tuple[str, str]]
+) -> list[subprocess.Popen[bytes]]:
+    """`count` client processes, each with its lookups done once (imports, connection): ready to go.
+    They ask for the keys in `pool` too, which the orchestrator creates during the run."""
     from tests.support import airflow_env
 
     env = airflow_env(tmp / "airflow")
     clients = []
     for n in range(count):
-        config = {"url": url, "token_file": str(tmp / "token"), "seed": n}
+        config = {"url": url, "token_file": str(tmp / "token"), "seed": n, "created": pool}
         config.update(ready=str(tmp / f"client{n}.ready"), out=str(tmp / f"client{n}.json"))
         (tmp / f"client{n}.config").write_text(json.dumps(config), encoding="utf-8")
         client = subprocess.Popen(
@@ -400,15 +471,19 @@ def start_clients(stack: contextlib.ExitStack, tmp: Path, url: str, count: int) 
 
 
 def drive(
-    proxy: Any, moto: Any, phases: list[tuple[str, float, float]], t0: float, end: float
-) -> tuple[list[tuple[float, str, str, int]], float | None]:
-    """Switch the phases and rotate a secret a second until `end`: (rotations, time of the final recovery)."""
+    proxy: Any, moto: Any, phases: list[tuple[str, float, float]], t0: float, end: float, pool: list[tuple[str, str]]
+) -> tuple[list[tuple[float, str, str, int]], list[tuple[float, str, str]], float | None, int]:
+    """Switch the phases, rotate a secret a second and create one every CREATE_EVERY until `end`:
+    (rotations, creations, time of the final recovery, ListSecrets calls proxy.observe() made)."""
     rng = random.Random(1)
     versions = dict.fromkeys(PRESENT, 1)
     rotations: list[tuple[float, str, str, int]] = []  # (monotonic time before the call, kind, key, version)
+    creations: list[tuple[float, str, str]] = []  # (monotonic time before the call, kind, key)
     pending = list(phases)
     recovery = None
+    observed = 0
     next_rotation = t0 + ROTATE_EVERY
+    next_creation = t0 + CREATE_EVERY / 2  # between rotations
     while (now := time.monotonic()) < end:
         if pending and t0 + pending[0][1] <= now:
             apply_phase(proxy, pending.pop(0)[0])
@@ -421,11 +496,19 @@ def drive(
             moto.put_secret_value(
                 SecretId=PREFIX[kind] + key, SecretString=secret_value(kind, key, versions[kind, key])
             )
+            observed += proxy.observe()
             next_rotation += ROTATE_EVERY
+        elif len(creations) < len(pool) and now >= next_creation:
+            kind, key = pool[len(creations)]
+            creations.append((time.monotonic(), kind, key))
+            moto.create_secret(Name=PREFIX[kind] + key, SecretString=secret_value(kind, key, 1))
+            observed += proxy.observe()
+            next_creation += CREATE_EVERY
         else:
             upcoming = [end, next_rotation] + ([t0 + pending[0][1]] if pending else [])
+            upcoming += [next_creation] if len(creations) < len(pool) else []
             time.sleep(max(0.0, min(upcoming) - now))
-    return rotations, recovery
+    return rotations, creations, recovery, observed
 
 
 def collect(clients: list[subprocess.Popen[bytes]], tmp: Path) -> tuple[list[int], list[list[Any]]]:
@@ -461,6 +544,8 @@ def stop_daemon(daemon: subprocess.Popen[bytes], log: Any) -> tuple[int | str, l
 def analyse(
     records: list[list[Any]],
     rotations: list[tuple[float, str, str, int]],
+    creations: list[tuple[float, str, str]],
+    pool: list[tuple[str, str]],
     phases: list[tuple[str, float, float]],
     t0: float,
     recovery: float | None,
@@ -468,13 +553,20 @@ def analyse(
     quarter: float,
     end: float,
 ) -> dict[str, Any]:
-    absent = set(ABSENT)
+    never = set(ABSENT)
+    pooled = set(pool)
+    # Per key, (monotonic time the write started, version): a created key has none before its creation.
     history: dict[tuple[str, str], list[tuple[float, int]]] = {key: [(float("-inf"), 1)] for key in PRESENT}
+    history.update((key, []) for key in pool)
+    created_at = {(kind, key): when for when, kind, key in creations}
+    for when, kind, key in creations:
+        history[kind, key].append((when, 1))
     for when, kind, key, version in rotations:
         history[kind, key].append((when, version))
 
-    def version_at(kind: str, key: str, t: float) -> int:
-        return max(version for when, version in history[kind, key] if when <= t)
+    def version_at(kind: str, key: str, t: float) -> int | None:
+        """The latest version written (started) at or before `t`; None if the key did not exist yet."""
+        return max((version for when, version in history[kind, key] if when <= t), default=None)
 
     def written_at(kind: str, key: str, version: int) -> float:
         return next(when for when, v in history[kind, key] if v == version)
@@ -484,13 +576,17 @@ def analyse(
     def phase_at(t: float) -> str:
         return next((labels[i] for i, (_, _, stop) in enumerate(phases) if t - t0 < stop), labels[-1])
 
-    fresh_from = None if recovery is None else recovery + TTL + SLACK
+    fresh_from = None if recovery is None else recovery + BOUND
     outcomes: Counter[str] = Counter()
     by_phase: dict[str, dict[str, Any]] = {}
     wrong: list[dict[str, Any]] = []
     undocumented: list[dict[str, Any]] = []
     stale: list[dict[str, Any]] = []
-    checked_fresh = 0
+    not_served: list[dict[str, Any]] = []
+    checked = Counter[str]()  # answers each check looked at
+    served_versions: set[tuple[str, str, int]] = set()
+    asked_before: set[tuple[str, str]] = set()  # created keys asked for before their creation started
+    served_after: set[tuple[str, str]] = set()  # created keys answered 200 in the checked window
     for kind, key, via, status, value, error, latency, done in records:
         label = str(status) if status in DOCUMENTED else "undocumented"
         outcomes[label] += 1
@@ -501,27 +597,45 @@ def analyse(
         where = {"kind": kind, "key": key, "via": via, "at_s": round(done - t0, 3), "phase": phase_at(done)}
         if label == "undocumented":
             undocumented.append({**where, "status": status, "error": error})
-        if (kind, key) in absent:
+        if (kind, key) in never:
+            checked["never_existing"] += 1
             if status == 200:
-                wrong.append({**where, "why": "an absent key got a value"})
+                wrong.append({**where, "why": "a key that never exists got a value"})
             continue
-        if status == 404:
+        newest = version_at(kind, key, done)  # None: a created key, not created (yet) when answered
+        if (kind, key) in pooled:
+            if newest is None:
+                checked["created_before_creation"] += 1
+                asked_before.add((kind, key))
+            when = created_at.get((kind, key))
+            if when is not None and fresh_from is not None and done >= max(when + CREATED_BOUND, fresh_from):
+                checked["created_within_bound"] += 1
+                if status == 200:
+                    served_after.add((kind, key))
+                else:
+                    why = f"created secret not served within the bound: {status}, {done - when:.1f} s after creation"
+                    not_served.append({**where, "status": status, "why": why, "after_s": round(done - when, 3)})
+        elif status == 404:
             wrong.append({**where, "why": "a present key answered not found"})
         if status != 200:
             continue
+        checked["values"] += 1
         got = version_of(kind, key, value)
-        newest = version_at(kind, key, done)
         if got is None:
             wrong.append({**where, "why": f"not a value of this key ({len(value)} characters)"})
+        elif newest is None:
+            wrong.append({**where, "why": "a value before the key's creation started"})
         elif got > newest:
             wrong.append({**where, "why": f"version {got}, but only up to {newest} was written before the answer"})
-        elif fresh_from is not None and done >= fresh_from:
-            checked_fresh += 1
-            due = version_at(kind, key, done - TTL - SLACK)
-            if got < due:
-                lag = done - written_at(kind, key, due)
-                why = f"version {got}, but {due} was written {lag:.1f} s before (more than TTL + 1 s)"
-                stale.append({**where, "why": why, "lag_s": round(lag, 3)})
+        else:
+            served_versions.add((kind, key, got))
+            if fresh_from is not None and done >= fresh_from:
+                checked["freshness"] += 1
+                due = version_at(kind, key, done - BOUND)
+                if due is not None and got < due:
+                    lag = done - written_at(kind, key, due)
+                    why = f"version {got}, but {due} was written {lag:.1f} s before (more than B = {BOUND:g} s)"
+                    stale.append({**where, "why": why, "lag_s": round(lag, 3)})
 
     failures = []
     if not records:
@@ -532,13 +646,22 @@ def analyse(
         failures.append(f"{len(undocumented)} undocumented statuses, first: {undocumented[0]}")
     if stale:
         failures.append(
-            f"{len(stale)} answers older than TTL + 1 s after the final recovery, on {len(by_key(stale))} keys, "
-            f"up to {max(x['lag_s'] for x in stale):.1f} s after the newer version was written; first: {stale[0]}"
+            f"{len(stale)} answers older than B = {BOUND:g} s after the final recovery, on {len(by_key(stale))} "
+            f"keys, up to {max(x['lag_s'] for x in stale):.1f} s after the newer version was written; "
+            f"first: {stale[0]}"
         )
-    if recovery is None or checked_fresh == 0:
-        failures.append("no answer completed after the final recovery + TTL + 1 s: freshness was not checked")
+    if not_served:
+        failures.append(
+            f"{len(not_served)} answers for created secrets not 200 within the bound (creation + "
+            f"{CREATED_BOUND:g} s, after recovery + {BOUND:g} s), on {len(by_key(not_served))} keys, up to "
+            f"{max(x['after_s'] for x in not_served):.1f} s after creation; first: {not_served[0]}"
+        )
+    if recovery is None or checked["freshness"] == 0:
+        failures.append(f"no answer completed after the final recovery + B = {BOUND:g} s: freshness was not checked")
     if not any(when < (recovery or 0) for when, *_ in rotations):
         failures.append("no rotation before the final recovery: freshness after an outage was not checked")
+    if not creations or checked["created_within_bound"] == 0:
+        failures.append("no answer for a created key within the bound: creations were not checked")
     start, last = sampler.summary(quarter - 2.5, quarter, max), sampler.summary(end - 2.5, end, min)
     resources: dict[str, Any] = {"samples": [(round(t - t0, 2), rss, fds) for t, rss, fds in sampler.samples]}
     if start is None or last is None:
@@ -569,9 +692,26 @@ def analyse(
         "stale_after_recovery_max_lag_s": max((x["lag_s"] for x in stale), default=None),
         "stale_after_recovery_via": dict(Counter(x["via"] for x in stale)),
         "stale_examples": stale[:20],
-        "answers_checked_for_freshness": checked_fresh,
+        "created_not_served": len(not_served),
+        "created_not_served_by_key": by_key(not_served),
+        "created_not_served_max_after_s": max((x["after_s"] for x in not_served), default=None),
+        "created_not_served_examples": not_served[:20],
+        "answers_checked": {
+            "values_of_200s": checked["values"],
+            "never_existing_keys": checked["never_existing"],
+            "created_keys_before_creation": checked["created_before_creation"],
+            "freshness_after_recovery": checked["freshness"],
+            "created_keys_within_bound": checked["created_within_bound"],
+        },
+        "answers_checked_for_freshness": checked["freshness"],
         "rotations": len(rotations),
         "rotations_before_recovery": sum(1 for when, *_ in rotations if recovery and when < recovery),
+        "rotations_served": sum(1 for _, kind, key, version in rotations if (kind, key, version) in served_versions),
+        "creations": len(creations),
+        "creations_before_recovery": sum(1 for when, *_ in creations if recovery and when < recovery),
+        "created_keys_asked_before_creation": len(asked_before),
+        "created_keys_served_within_bound": len(served_after),
+        "created_keys_asked_before_then_served": len(asked_before & served_after),
         "recovery_at_s": None if recovery is None else recovery - t0,
         "latency_by_phase": latency,
         "daemon_resources": resources,
@@ -599,8 +739,11 @@ def markdown(report: dict[str, Any]) -> str:
     layer, minutes = calls["at_fault_layer"], calls["minutes"]
     recovery = report["recovery_at_s"]
     stale, log = report["stale_after_recovery"], report["daemon_log"]
+    checked, late = report["answers_checked"], report["created_not_served"]
+    bound, created_bound = settings["rotation_bound_s"], settings["creation_bound_s"]
     lines = [
         f"## Soak: {settings['seconds']:g} s, {settings['clients']} clients, TTL {settings['ttl']} s, "
+        f"listing every {settings['list_interval']} s lagging {settings['list_lag_s']:g} s (B = {bound:g} s), "
         f"final recovery at {'-' if recovery is None else f'{recovery:.1f}'} s",
         "",
         "| | count |",
@@ -610,15 +753,32 @@ def markdown(report: dict[str, Any]) -> str:
         f"| 404 not found | {outcomes.get('404', 0):,} |",
         f'| 503 (SidecarError "answered 503") | {outcomes.get("503", 0):,} |',
         f"| undocumented statuses | {report['undocumented_statuses']:,} |",
+        f"| 200s checked for their value | {checked['values_of_200s']:,} |",
+        f"| answers for keys that never exist | {checked['never_existing_keys']:,} |",
         f"| wrong values | {report['wrong_values']:,} |",
-        f"| rotations (before recovery) | {report['rotations']} ({report['rotations_before_recovery']}) |",
-        f"| answers checked for freshness after recovery + TTL + 1 s | {report['answers_checked_for_freshness']:,} |",
-        f"| ... older than TTL + 1 s | {stale:,}"
+        f"| rotations (before recovery; served to some client) | {report['rotations']} "
+        f"({report['rotations_before_recovery']}; {report['rotations_served']}) |",
+        f"| answers checked for freshness after recovery + B | {checked['freshness_after_recovery']:,} |",
+        f"| ... older than B | {stale:,}"
         + (
             f" (on {len(report['stale_after_recovery_by_key'])} keys, up to "
             f"{report['stale_after_recovery_max_lag_s']:.1f} s after the newer version was written; "
             f"{report['stale_after_recovery_via'].get('refresh', 0)} to refresh=true)"
             if stale
+            else ""
+        )
+        + " |",
+        f"| creations (before recovery) | {report['creations']} ({report['creations_before_recovery']}) |",
+        f"| answers for created keys before their creation (keys) | "
+        f"{checked['created_keys_before_creation']:,} ({report['created_keys_asked_before_creation']}) |",
+        f"| answers for created keys after creation + {created_bound:g} s and recovery + B (keys; "
+        f"of them asked before creation) | {checked['created_keys_within_bound']:,} "
+        f"({report['created_keys_served_within_bound']}; {report['created_keys_asked_before_then_served']}) |",
+        f"| ... not served (created secret not served within the bound) | {late:,}"
+        + (
+            f" (on {len(report['created_not_served_by_key'])} keys, up to "
+            f"{report['created_not_served_max_after_s']:.1f} s after creation)"
+            if late
             else ""
         )
         + " |",

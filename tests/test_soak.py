@@ -1,8 +1,9 @@
 """The soak's 20-second form: the daemon as a process, two Airflow-like clients, AWS flapping.
 
 `make soak` runs the full minute (`python -m tests.soak`); this runs the same checks for 20 s,
-so a wrong value, an undocumented status, a stale answer after recovery, a leak or an unclean
-exit fails `make test` too.
+so a wrong value, an undocumented status, a stale answer after recovery, a created secret not
+served within its bound, a leak or an unclean exit fails `make test` too. ListSecrets lags the
+whole run, so freshness rests on the listing's diff and on the misses asked again by name.
 """
 
 from __future__ import annotations
@@ -25,3 +26,10 @@ def test_the_20_second_soak_passes(tmp_path: Path) -> None:
     assert report["lookups"] > 0
     assert report["wrong_values"] == 0
     assert report["failures"] == []
+    checked = report["answers_checked"]  # the checks ran, on answers that could have failed them
+    assert report["rotations_before_recovery"] > 0 and checked["freshness_after_recovery"] > 0
+    assert report["creations"] > 0 and report["creations_before_recovery"] > 0
+    assert checked["created_keys_before_creation"] > 0  # asked for before they existed...
+    assert report["created_keys_asked_before_then_served"] > 0  # ...then served within the bound
+    assert checked["created_keys_within_bound"] > 0 and report["created_not_served"] == 0
+    assert checked["never_existing_keys"] > 0
