@@ -10,7 +10,7 @@ kwargs: `url` (default `SIDECAR_URL` or http://127.0.0.1:2779), `unix_socket` (a
 of TCP), `token` / `token_file` (default `SIDECAR_TOKEN` / `SIDECAR_TOKEN_FILE`), `timeout` (s),
 `startup_wait` (s the first lookup of a process waits for a daemon still starting, default 5),
 `autostart` (true, or the path of an `airflow-secrets-sidecar` executable: with `unix_socket`, start
-the daemon when none answers, once per socket however many processes race; see sidecar/autostart.py),
+the daemon when none answers, once per socket however many processes race; see sidecar/client/autostart.py),
 `on_unavailable` ("error", or "direct": ask AWS through the provider backend when no daemon
 answers), `fallback_kwargs` (that backend's kwargs; default `SIDECAR_BACKEND_KWARGS`) and
 `source` ("secretsmanager" or "ssm": which provider backend).
@@ -36,7 +36,7 @@ try:
 except ImportError:  # a worker with only the Task SDK installed
     from airflow.sdk.bases.secrets_backend import BaseSecretsBackend  # type: ignore[no-redef]
 
-from sidecar import client
+from sidecar.client import http as client
 from sidecar.protocol import DEFAULT_HOST, DEFAULT_URL, TEAM_SEP, TOKEN_HEADER
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         if autostart is not False:
             self._check_autostart()
             if not self._token_file and not self._token:
-                from sidecar.autostart import token_path  # only here: it imports subprocess
+                from sidecar.client.autostart import token_path  # only here: it imports subprocess
 
                 self._token_file = token_path(self.unix_socket)  # generated at the first start
         if self._token_file and (autostart is False or os.path.exists(self._token_file)):
@@ -305,7 +305,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
 
     def _start_daemon(self) -> None:
         """Start the daemon (or wait for the process starting it); SidecarUnreachable if it does not come up."""
-        from sidecar import autostart
+        from sidecar.client import autostart
 
         assert self.unix_socket
         if self._start_failure and time.monotonic() - self._start_failure[0] < AUTOSTART_RETRY:

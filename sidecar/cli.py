@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from urllib.parse import quote, urlsplit
 
 from sidecar import __version__
-from sidecar.config import DEFAULTS, ConfigError, Settings, load_settings
+from sidecar.daemon.logs import setup_logging
+from sidecar.daemon.settings import DEFAULTS, ConfigError, Settings, load_settings
 from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, TOKEN_HEADER
 
 log = logging.getLogger("sidecar")
@@ -107,34 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)  # libraries (botocore, aiohttp, werkzeug) stay quiet ...
-    logging.getLogger("sidecar").setLevel(level)  # ... the daemon says what it does
-    # aiohttp logs each malformed request with a traceback that may quote its bytes (a token);
-    # a stranger's garbage is not worth an ERROR, and our own handler errors are logged by server.py.
-    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "get":
@@ -152,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     if args.command == "demo":
-        from sidecar.demo import run_demo
+        from sidecar.daemon.demo import run_demo
 
         return run_demo(port=args.port)
     try:
@@ -180,7 +153,7 @@ def skip_unused_imports() -> None:
 
 def run_serve(settings: Settings) -> int:
     skip_unused_imports()
-    from sidecar.daemon import serve
+    from sidecar.daemon.lifecycle import serve
 
     if settings.token is None:
         log.warning("--no-token: ANY process on this host can read these secrets. Local development only!")
@@ -208,9 +181,9 @@ def run_serve(settings: Settings) -> int:
 
 
 async def _check(settings: Settings) -> int:
-    from sidecar.metrics import Metrics
-    from sidecar.resolver import listed_prefixes
-    from sidecar.sources import UpstreamError, open_source
+    from sidecar.daemon.lookup import listed_prefixes
+    from sidecar.daemon.metrics import Metrics
+    from sidecar.daemon.sources import UpstreamError, open_source
 
     print(f"configuration ok: source {settings.source}, ttl {settings.ttl:g}s, negative ttl {settings.negative_ttl:g}s")
     async with open_source(settings, Metrics()) as source:
@@ -277,7 +250,7 @@ def _token_for_get() -> str:
         return os.environ["SIDECAR_TOKEN"]
     path = os.environ.get("SIDECAR_TOKEN_FILE")
     if not path and os.environ.get("SIDECAR_UNIX_SOCKET"):
-        from sidecar.autostart import token_path
+        from sidecar.client.autostart import token_path
 
         path = token_path(os.environ["SIDECAR_UNIX_SOCKET"])
         if not os.path.exists(path):

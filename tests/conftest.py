@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.daemon import Daemon
+from sidecar.daemon.lifecycle import Daemon
 from tests.support import FAKE_AWS_ENV, TOKEN, AwsEmulator, FakeClock, make_settings
 
 os.environ.update(FAKE_AWS_ENV)  # before any test builds an AWS client

@@ -43,10 +43,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from sidecar.daemon import Daemon
-from sidecar.sources import UpstreamError
-from sidecar.sources.aws import NOT_RETRIED_WHEN_THROTTLED
-from sidecar.sources.quotas import QUOTAS
+from sidecar.daemon.lifecycle import Daemon
+from sidecar.daemon.sources import UpstreamError
+from sidecar.daemon.sources.aws import NOT_RETRIED_WHEN_THROTTLED
+from sidecar.daemon.sources.quotas import QUOTAS
 from tests.benchmarks.report import table
 from tests.support import make_settings
 

@@ -19,7 +19,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
-from sidecar.config import Settings, load_settings
+from sidecar.daemon.settings import Settings, load_settings
 
 REGION = "us-east-1"
 TOKEN = "test-token-0123456789abcdef"
@@ -161,7 +161,7 @@ class DaemonThread:
     def __init__(self, settings: Settings, **options: Any) -> None:
         import asyncio
 
-        from sidecar.daemon import Daemon
+        from sidecar.daemon.lifecycle import Daemon
 
         self.loop = asyncio.new_event_loop()
         self.daemon = Daemon(settings, **options)

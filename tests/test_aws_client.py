@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.config import ConfigError
+from sidecar.daemon.settings import ConfigError
 
 
 async def test_role_arn_is_assumed_through_sts_before_the_first_call(aws, start_sidecar, monkeypatch):

@@ -27,10 +27,10 @@ from typing import Any
 
 import pytest
 
-from sidecar import client
 from sidecar.backend import TOKEN_RETRY_PAUSES, SidecarError, SidecarSecretsBackend
-from sidecar.config import Settings
-from sidecar.server import TOKEN_MISMATCH_RECHECK_SECONDS, TOKEN_RECHECK_SECONDS
+from sidecar.client import http as client
+from sidecar.daemon.http.handler import TOKEN_MISMATCH_RECHECK_SECONDS, TOKEN_RECHECK_SECONDS
+from sidecar.daemon.settings import Settings
 from tests.support import TOKEN, AwsEmulator, DaemonThread, FakeClock, make_settings
 
 

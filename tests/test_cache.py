@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from sidecar.cache import BACKOFF_FIRST, BACKOFF_MAX, REFRESH_MIN_INTERVAL, Cache, Status
-from sidecar.metrics import Metrics
-from sidecar.sources import UpstreamError
+from sidecar.daemon.cache import BACKOFF_FIRST, BACKOFF_MAX, REFRESH_MIN_INTERVAL, Cache, Status
+from sidecar.daemon.metrics import Metrics
+from sidecar.daemon.sources import UpstreamError
 from tests.support import FakeClock
 
 THROTTLED = UpstreamError("GetSecretValue", "ThrottlingException", transient=True)
@@ -141,7 +141,7 @@ async def test_transient_failure_serves_the_last_answer_until_max_stale(caplog):
     store.error = THROTTLED
     clock.advance(300)
 
-    with caplog.at_level(logging.WARNING, logger="sidecar.cache"):
+    with caplog.at_level(logging.WARNING, logger="sidecar.daemon.cache"):
         assert await cache.get("k") == ("v", Status.STALE)
         assert await cache.get("absent") == (None, Status.STALE)
         for _ in range(5):

@@ -477,7 +477,7 @@ import asyncio, importlib.util, json, sys
 assert importlib.util.find_spec("httpx") is not None, "httpx is not installed: this test proves nothing"
 from sidecar.cli import skip_unused_imports
 skip_unused_imports()
-from sidecar.sources.aws import open_client
+from sidecar.daemon.sources.aws import open_client
 from tests.support import make_settings
 async def main():
     settings = make_settings({aws.endpoint!r})

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import ConfigError, KindRule, Settings, load_settings, parse_backend_kwargs
+from sidecar.daemon.settings import ConfigError, KindRule, Settings, load_settings, parse_backend_kwargs
 from tests.support import TOKEN
 
 FAKE_SECRET = "AKIAXXXSECRET"

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.config import _is_loopback, load_settings, parse_backend_kwargs
+from sidecar.daemon.settings import _is_loopback, load_settings, parse_backend_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -213,7 +213,7 @@ def _instructions(dockerfile: Path) -> list[str]:
 
 
 def test_the_astro_recipe_changes_no_entrypoint_and_installs_where_autostart_looks() -> None:
-    from sidecar.autostart import RECIPE_COMMAND, RECIPE_VENV
+    from sidecar.client.autostart import RECIPE_COMMAND, RECIPE_VENV
 
     instructions = _instructions(ASTRO_SNIPPET)
     assert {line.split()[0] for line in instructions} == {"FROM", "USER", "RUN"}

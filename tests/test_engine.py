@@ -191,7 +191,7 @@ def _upstream(sidecar, api: str, outcome: str) -> float:
 
 async def test_a_hit_is_answered_without_a_task_or_a_timer_and_counted_once(aws, start_sidecar, monkeypatch):
     """The hot path: a cached answer (found, missing, team-scoped) never goes through wait_for."""
-    from sidecar import server
+    from sidecar.daemon.http import handler as server
 
     aws.put("airflow/variables/v", "x")
     aws.put("airflow/connections/c", '{"user": "u", "engine": "http"}')

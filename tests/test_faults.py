@@ -13,9 +13,9 @@ import os
 
 import aiohttp
 
-from sidecar.cache import REFRESH_MIN_INTERVAL
-from sidecar.daemon import Daemon
-from sidecar.sources import UpstreamError
+from sidecar.daemon.cache import REFRESH_MIN_INTERVAL
+from sidecar.daemon.lifecycle import Daemon
+from sidecar.daemon.sources import UpstreamError
 from tests.support import TOKEN, AwsEmulator, FakeClock, make_settings
 
 
@@ -228,7 +228,7 @@ async def test_one_refused_secret_does_not_throw_away_the_others_from_a_fallback
 
 
 async def test_a_refused_batch_api_is_tried_again_later(aws, start_sidecar, monkeypatch):
-    from sidecar.sources import secretsmanager
+    from sidecar.daemon.sources import secretsmanager
 
     aws.put("airflow/variables/a", "1")
     aws.fail["BatchGetSecretValue"] = "AccessDeniedException"

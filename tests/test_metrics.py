@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from sidecar.metrics import LOOKUP_RESULTS, REQUEST_BUCKETS, Metrics
+from sidecar.daemon.metrics import LOOKUP_RESULTS, REQUEST_BUCKETS, Metrics
 
 OBSERVATIONS = [
     ("variables", 200, 0.0001),

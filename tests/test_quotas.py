@@ -12,11 +12,11 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from sidecar.config import ConfigError
-from sidecar.daemon import Daemon
-from sidecar.metrics import Metrics
-from sidecar.sources import UpstreamError, open_source, secretsmanager
-from sidecar.sources.quotas import QUOTAS, RateLimits, TokenBucket
+from sidecar.daemon.lifecycle import Daemon
+from sidecar.daemon.metrics import Metrics
+from sidecar.daemon.settings import ConfigError
+from sidecar.daemon.sources import UpstreamError, open_source, secretsmanager
+from sidecar.daemon.sources.quotas import QUOTAS, RateLimits, TokenBucket
 from tests.support import FakeClock, make_settings
 
 DEADLINE = 30.0  # seconds any wait on a condition below may take before the test fails

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sidecar.daemon import Daemon
+from sidecar.daemon.lifecycle import Daemon
 from tests.benchmarks.child import RESULT_MARK
 from tests.benchmarks.emulator import SlowAwsEmulator
 from tests.benchmarks.report import median, summarize_us

@@ -19,8 +19,8 @@ from typing import Any
 
 import aiohttp
 
-from sidecar.daemon import Daemon
-from sidecar.sources import aws as aws_module
+from sidecar.daemon.lifecycle import Daemon
+from sidecar.daemon.sources import aws as aws_module
 from tests.faults import FaultProxy
 from tests.support import FAKE_AWS_ENV, TOKEN, AwsEmulator, make_settings
 

@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sidecar.config import Settings, load_settings
+from sidecar.daemon.settings import Settings, load_settings
 from tests.helm import render
 from tests.helm.render import RENDERS, Workload
 

@@ -14,8 +14,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from sidecar.metrics import Metrics
-from sidecar.sources import Listed, Source, UpstreamError
+from sidecar.daemon.metrics import Metrics
+from sidecar.daemon.sources import Listed, Source, UpstreamError
 
 log = logging.getLogger(__name__)
 

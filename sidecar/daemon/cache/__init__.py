@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from cachetools import TLRUCache
 
-from sidecar.metrics import Metrics
-from sidecar.sources import UpstreamError
+from sidecar.daemon.metrics import Metrics
+from sidecar.daemon.sources import UpstreamError
 
 log = logging.getLogger(__name__)
 

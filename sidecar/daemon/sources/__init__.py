@@ -15,10 +15,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sidecar.config import Settings
-from sidecar.metrics import Metrics
-from sidecar.sources.aws import Caller, UpstreamError, open_client
-from sidecar.sources.quotas import RateLimits
+from sidecar.daemon.metrics import Metrics
+from sidecar.daemon.settings import Settings
+from sidecar.daemon.sources.aws import Caller, UpstreamError, open_client
+from sidecar.daemon.sources.quotas import RateLimits
 
 __all__ = ["Listed", "Source", "UpstreamError", "open_source"]
 
@@ -55,9 +55,9 @@ async def open_source(settings: Settings, metrics: Metrics, client: Any = None) 
     """The configured source over one AWS client: its own, or `client` (an object with the same
     methods, such as the fleet simulation's store), which stays the caller's to close."""
     if settings.source == "ssm":
-        from sidecar.sources.ssm import ParameterStoreSource as source_class
+        from sidecar.daemon.sources.ssm import ParameterStoreSource as source_class
     else:
-        from sidecar.sources.secretsmanager import SecretsManagerSource as source_class
+        from sidecar.daemon.sources.secretsmanager import SecretsManagerSource as source_class
     # Paced on the event loop's clock: real time in a daemon, simulated time in the simulation.
     limits = RateLimits(settings.aws_quota_share, asyncio.get_running_loop().time)
     async with contextlib.AsyncExitStack() as stack:

@@ -17,9 +17,9 @@ from aiobotocore.session import AioSession
 from botocore.credentials import CredentialProvider
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ProfileNotFound
 
-from sidecar.config import ConfigError, StoreSettings
-from sidecar.metrics import Metrics
-from sidecar.sources.quotas import RateLimits
+from sidecar.daemon.metrics import Metrics
+from sidecar.daemon.settings import ConfigError, StoreSettings
+from sidecar.daemon.sources.quotas import RateLimits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

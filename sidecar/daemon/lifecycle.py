@@ -17,13 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.cache import STALE_AFTER, Cache
-from sidecar.catalog import Catalog
-from sidecar.config import ConfigError, Settings
-from sidecar.metrics import Metrics
-from sidecar.resolver import Resolver, listed_prefixes
-from sidecar.server import Readiness, Token, build_handler
-from sidecar.sources import UpstreamError, open_source
+from sidecar.daemon.cache import STALE_AFTER, Cache
+from sidecar.daemon.catalog import Catalog
+from sidecar.daemon.http.handler import Readiness, Token, build_handler
+from sidecar.daemon.lookup import Resolver, listed_prefixes
+from sidecar.daemon.metrics import Metrics
+from sidecar.daemon.settings import ConfigError, Settings
+from sidecar.daemon.sources import UpstreamError, open_source
 
 log = logging.getLogger(__name__)
 

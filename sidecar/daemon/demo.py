@@ -10,7 +10,7 @@ import os
 import secrets
 import sys
 
-from sidecar.config import ConfigError, load_settings
+from sidecar.daemon.settings import ConfigError, load_settings
 
 REGION = "us-east-1"
 SAMPLES = {
@@ -54,8 +54,8 @@ def run_demo(port: str) -> int:
     except ImportError:
         print("the demo needs moto: pip install 'airflow-secrets-sidecar[demo]' (or run `make demo`)", file=sys.stderr)
         return 2
-    from sidecar.cli import setup_logging
-    from sidecar.daemon import serve
+    from sidecar.daemon.lifecycle import serve
+    from sidecar.daemon.logs import setup_logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulation's access log is noise here
     aws = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

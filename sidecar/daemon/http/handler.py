@@ -20,12 +20,12 @@ from aiohttp import web
 from aiohttp.hdrs import CONTENT_TYPE, FORWARDED, ORIGIN, X_FORWARDED_FOR
 from multidict import CIMultiDict, istr
 
-from sidecar.cache import Status
-from sidecar.config import ConfigError, Settings, read_token_file
-from sidecar.metrics import Metrics
+from sidecar.daemon.cache import Status
+from sidecar.daemon.lookup import InvalidSecret, InvalidTeam, Resolver
+from sidecar.daemon.metrics import Metrics
+from sidecar.daemon.settings import ConfigError, Settings, read_token_file
+from sidecar.daemon.sources import UpstreamError
 from sidecar.protocol import TOKEN_HEADER
-from sidecar.resolver import InvalidSecret, InvalidTeam, Resolver
-from sidecar.sources import UpstreamError
 
 log = logging.getLogger(__name__)
 

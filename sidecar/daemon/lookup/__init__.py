@@ -15,9 +15,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.cache import NOT_CACHED, Cache, Status
-from sidecar.catalog import Catalog
-from sidecar.config import StoreSettings
+from sidecar.daemon.cache import NOT_CACHED, Cache, Status
+from sidecar.daemon.catalog import Catalog
+from sidecar.daemon.settings import StoreSettings
 from sidecar.protocol import TEAM_SEP
 
 # Each store's rule for names; anything else cannot exist, so it is a miss with no call.

@@ -8,8 +8,8 @@ from typing import Any
 
 from aiobotocore.client import AioBaseClient
 
-from sidecar.sources import Listed
-from sidecar.sources.aws import TRANSIENT_CODES, Caller, UpstreamError
+from sidecar.daemon.sources import Listed
+from sidecar.daemon.sources.aws import TRANSIENT_CODES, Caller, UpstreamError
 
 log = logging.getLogger(__name__)
 

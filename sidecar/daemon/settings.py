@@ -127,7 +127,7 @@ class Settings:
     event_loop: str = "asyncio"
     # AWS calls in flight at once; also sizes the HTTP connection pool to AWS.
     max_upstream: int = 32
-    # The share of each AWS API's account-wide quota this daemon may use (sidecar/sources/quotas.py).
+    # The share of each AWS API's account-wide quota this daemon may use (sidecar/daemon/sources/quotas.py).
     aws_quota_share: float = 0.1
     # Seconds over which a fleet spreads its warm-ups: > 0 serves lazily at once, warms up later.
     warmup_jitter: float = 0.0
