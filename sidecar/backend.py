@@ -6,8 +6,10 @@ parsing, tasks, triggers) and must never pull in boto3, botocore, aiobotocore or
     AIRFLOW__SECRETS__BACKEND=sidecar.backend.SidecarSecretsBackend
     AIRFLOW__SECRETS__BACKEND_KWARGS={"url": "http://127.0.0.1:2779", "token_file": "/var/run/sidecar/token"}
 
-kwargs: `url` (default `SIDECAR_URL` or http://127.0.0.1:2779), `unix_socket` (a path: used instead
-of TCP), `token` / `token_file` (default `SIDECAR_TOKEN` / `SIDECAR_TOKEN_FILE`), `timeout` (s),
+kwargs: `url` (default `SIDECAR_URL` or http://127.0.0.1:2779), `unix_socket` (a path, default
+`SIDECAR_UNIX_SOCKET`: used instead of TCP), `token` / `token_file` (default `SIDECAR_TOKEN_FILE`,
+else `SIDECAR_TOKEN`: a file wins, as at the daemon; the whole rule, the same for the CLI, is in
+sidecar/client/endpoint.py), `timeout` (s),
 `startup_wait` (s the first lookup of a process waits for a daemon still starting, default 5),
 `autostart` (true, or the path of an `airflow-secrets-sidecar` executable: with `unix_socket`, start
 the daemon when none answers, once per socket however many processes race; see sidecar/client/autostart.py),
@@ -22,32 +24,29 @@ at most a second: the daemon and this process may see a rotated file at slightly
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
 import os
 import time
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 try:
     from airflow.secrets import BaseSecretsBackend
 except ImportError:  # a worker with only the Task SDK installed
     from airflow.sdk.bases.secrets_backend import BaseSecretsBackend  # type: ignore[no-redef]
 
+from sidecar.client import endpoint as endpoints
 from sidecar.client import http as client
-from sidecar.protocol import DEFAULT_HOST, DEFAULT_URL, TEAM_SEP, TOKEN_HEADER
+from sidecar.protocol import SOURCE_ENV, TEAM_SEP, Store
 
 log = logging.getLogger(__name__)
 
-PROVIDER_BACKENDS = {
-    "secretsmanager": "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend",
-    "ssm": "airflow.providers.amazon.aws.secrets.systems_manager.SystemsManagerParameterStoreBackend",
-}
 AUTOSTART_RETRY = 10.0  # s after a failed autostart before this process tries again
-# After a 401 with a token file: re-read it and retry after these pauses (s), within `timeout`.
-# The daemon re-reads its own file on a mismatch at most every 0.1 s, and every second anyway.
+# After a 401 with a token file: re-read it and retry after these pauses (s), within `timeout`. The
+# daemon takes a rotated file when a token mismatches, but only once per short interval
+# (TOKEN_MISMATCH_RECHECK_SECONDS, sidecar/daemon/http/token.py): one retry may come too early.
 TOKEN_RETRY_PAUSES = (0.0, 0.05, 0.1, 0.2, 0.4)
 BUSY_PAUSE = 0.2  # s before asking a busy daemon (429) again when it sent no usable Retry-After
 MIN_BUSY_PAUSE = 0.05  # never hammer a busy daemon, whatever its Retry-After says
@@ -109,6 +108,60 @@ def _busy_pause(retry_after: str | None) -> float:
     return BUSY_PAUSE if math.isnan(seconds) else max(seconds, MIN_BUSY_PAUSE)
 
 
+def _refuse_unknown(kwargs: dict[str, Any]) -> None:
+    if kwargs:
+        raise SidecarError(
+            f"unknown [secrets] backend_kwargs for SidecarSecretsBackend: {sorted(kwargs)}; "
+            f"supported: {', '.join(KWARGS)}. Provider kwargs such as prefixes belong in the "
+            "sidecar's SIDECAR_BACKEND_KWARGS"
+        )
+
+
+def _on_unavailable(on_unavailable: str) -> str:
+    if on_unavailable not in ("error", "direct"):
+        raise SidecarError(f"backend_kwargs 'on_unavailable' must be 'error' or 'direct', got {on_unavailable!r}")
+    return on_unavailable
+
+
+def _source(source: str | None) -> str:
+    source = source or os.environ.get(SOURCE_ENV) or Store.SECRETSMANAGER.value
+    try:
+        return Store(source).value
+    except ValueError:
+        raise SidecarError(f"backend_kwargs 'source' must be 'secretsmanager' or 'ssm', got {source!r}") from None
+
+
+def _autostart(autostart: bool | str) -> bool | str:
+    if not (autostart is False or autostart is True or (isinstance(autostart, str) and os.path.isabs(autostart))):
+        raise SidecarError(
+            "backend_kwargs 'autostart' must be true, false or the absolute path of an "
+            f"airflow-secrets-sidecar executable, got {autostart!r}"
+        )
+    return autostart
+
+
+def _endpoint(
+    url: str | None, unix_socket: str | None, token: str | None, token_file: str | None, autostart: bool
+) -> endpoints.Endpoint:
+    """sidecar.client.endpoint's one answer, its errors named after these kwargs."""
+    try:
+        endpoint = endpoints.resolve(url, unix_socket, token, token_file, autostart=autostart)
+    except endpoints.TokenFileError as exc:
+        raise _token_file_error(exc) from None
+    except endpoints.EndpointError as exc:
+        raise SidecarError(f"backend_kwargs 'url' {exc}") from None
+    if autostart and endpoint.unix_socket is None:
+        raise SidecarError(
+            "backend_kwargs 'autostart' needs 'unix_socket' too: a path in a directory of its own, "
+            "such as /tmp/airflow-secrets-sidecar/sidecar.sock"
+        )
+    return endpoint
+
+
+def _token_file_error(exc: endpoints.TokenFileError) -> SidecarError:
+    return SidecarError(f"cannot read the sidecar token file {exc.path!r} (backend_kwargs 'token_file'): {exc.reason}")
+
+
 class SidecarSecretsBackend(BaseSecretsBackend):
     """Variables, connections and config from the airflow-secrets-sidecar daemon."""
 
@@ -127,57 +180,26 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if kwargs:
-            raise SidecarError(
-                f"unknown [secrets] backend_kwargs for SidecarSecretsBackend: {sorted(kwargs)}; "
-                f"supported: {', '.join(KWARGS)}. Provider kwargs such as prefixes belong in the "
-                "sidecar's SIDECAR_BACKEND_KWARGS"
-            )
-        if on_unavailable not in ("error", "direct"):
-            raise SidecarError(f"backend_kwargs 'on_unavailable' must be 'error' or 'direct', got {on_unavailable!r}")
-        self.source = source or os.environ.get("SIDECAR_SOURCE") or "secretsmanager"
-        if self.source not in PROVIDER_BACKENDS:
-            raise SidecarError(f"backend_kwargs 'source' must be 'secretsmanager' or 'ssm', got {self.source!r}")
+        _refuse_unknown(kwargs)
+        self.on_unavailable = _on_unavailable(on_unavailable)
+        self.source = _source(source)
         self.startup_wait = float(startup_wait)
-        self.on_unavailable = on_unavailable
+        self.timeout = float(timeout)
         self._fallback_kwargs = fallback_kwargs
-        self._fallback: Any = None
+        self._fallback: Any = None  # sidecar.client.direct's, built when first needed
         self._reached = False  # once the daemon answered, a refused connection fails at once
         self._multi_team = _multi_team()
-        self.unix_socket = unix_socket or os.environ.get("SIDECAR_UNIX_SOCKET") or None
-        self.url = url or os.environ.get("SIDECAR_URL") or DEFAULT_URL
-        parts = urlsplit(self.url)
-        if self.unix_socket is None and (parts.scheme != "http" or not parts.hostname):
-            raise SidecarError(f"backend_kwargs 'url' must look like {DEFAULT_URL}, got {self.url!r}")
-        self._address: client.Address = self.unix_socket or (parts.hostname or DEFAULT_HOST, parts.port or 80)
-        self.timeout = float(timeout)
-        self._token_file = token_file or (None if token else os.environ.get("SIDECAR_TOKEN_FILE"))
-        self._token = token or os.environ.get("SIDECAR_TOKEN") or ""
-        self.autostart = autostart
+        self.autostart = _autostart(autostart)
         self._start_failure: tuple[float, str] | None = None
-        if autostart is not False:
-            self._check_autostart()
-            if not self._token_file and not self._token:
-                from sidecar.client.autostart import token_path  # only here: it imports subprocess
-
-                self._token_file = token_path(self.unix_socket)  # generated at the first start
-        if self._token_file and (autostart is False or os.path.exists(self._token_file)):
-            self._token = self._read_token_file()
+        endpoint = self._endpoint = _endpoint(url, unix_socket, token, token_file, autostart is not False)
+        self.unix_socket = endpoint.unix_socket
+        self.url = endpoint.url
+        self._address: client.Address = endpoint.address
+        self._where = endpoint.where
+        self._token_file = endpoint.token_file  # re-read after a 401
+        self._token = endpoint.token
         self._request_token: str | None = None  # the token the prebuilt request tail carries
         self._request_tail = b""
-
-    def _check_autostart(self) -> None:
-        autostart = self.autostart
-        if not (autostart is True or (isinstance(autostart, str) and os.path.isabs(autostart))):
-            raise SidecarError(
-                "backend_kwargs 'autostart' must be true, false or the absolute path of an "
-                f"airflow-secrets-sidecar executable, got {autostart!r}"
-            )
-        if not self.unix_socket:
-            raise SidecarError(
-                "backend_kwargs 'autostart' needs 'unix_socket' too: a path in a directory of its own, "
-                "such as /tmp/airflow-secrets-sidecar/sidecar.sock"
-            )
 
     # --- Airflow's interface ---
 
@@ -191,10 +213,6 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         return self._lookup("config", key, None)
 
     # --- HTTP ---
-
-    @property
-    def _where(self) -> str:
-        return f"unix socket {self.unix_socket}" if self.unix_socket else self.url
 
     def _lookup(self, kind: str, key: str, team: str | None) -> str | None:
         if self._multi_team and TEAM_SEP in key:
@@ -216,7 +234,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
 
     def _ask(self, kind: str, key: str, team: str | None) -> str | None:
         path = _path(kind, key, team)
-        status, body, retry_after = self._request(path)
+        status, body, retry_after, _ = self._request(path)
         if status == 429 or status == 401:
             status, body = self._ask_again(path, status, body, retry_after)
         if status == 200:
@@ -259,11 +277,11 @@ class SidecarSecretsBackend(BaseSecretsBackend):
                 self._token = self._read_token_file()  # the token may have been rotated
             else:
                 break
-            status, body, retry_after = self._request(path)
+            status, body, retry_after, _ = self._request(path)
         return status, body
 
-    def _request(self, path: bytes) -> tuple[int, bytes, str | None]:
-        """GET `path`: status, body, Retry-After. The first lookup of a process waits up to `startup_wait`."""
+    def _request(self, path: bytes) -> tuple[int, bytes, str | None, bytes | None]:
+        """GET `path`: status, body, Retry-After, X-Cache. The first lookup of a process waits up to `startup_wait`."""
         deadline = time.monotonic() + (0 if self._reached else self.startup_wait)
         pause = 0.05
         started = False
@@ -284,14 +302,13 @@ class SidecarSecretsBackend(BaseSecretsBackend):
             self._reached = True
             return answer
 
-    def _request_once(self, path: bytes) -> tuple[int, bytes, str | None]:
+    def _request_once(self, path: bytes) -> tuple[int, bytes, str | None, bytes | None]:
         """GET `path` on this thread's keep-alive connection to the daemon."""
         if self._token != self._request_token:  # first use, or a re-read token file
-            header = f"{TOKEN_HEADER}: {self._token}\r\n" if self._token else ""
-            self._request_tail = f" HTTP/1.1\r\nHost: localhost\r\n{header}\r\n".encode()
+            self._request_tail = client.request_tail(self._token)
             self._request_token = self._token
         try:
-            return client.get(self._address, path + self._request_tail, self.timeout)
+            return client.exchange(self._address, path + self._request_tail, self.timeout)
         except client.ProtocolError as exc:
             raise SidecarError(f"the sidecar at {self._where} sent a malformed answer: {exc}") from None
         except OSError as exc:
@@ -305,19 +322,13 @@ class SidecarSecretsBackend(BaseSecretsBackend):
 
     def _start_daemon(self) -> None:
         """Start the daemon (or wait for the process starting it); SidecarUnreachable if it does not come up."""
-        from sidecar.client import autostart
+        from sidecar.client import autostart  # only here: it imports subprocess
 
         assert self.unix_socket
         if self._start_failure and time.monotonic() - self._start_failure[0] < AUTOSTART_RETRY:
             raise SidecarUnreachable(self._start_failure[1])
-        env = autostart.daemon_environment()
-        if self._token_file:
-            env["SIDECAR_TOKEN_FILE"] = self._token_file
-            env.pop("SIDECAR_TOKEN", None)
-        else:
-            env["SIDECAR_TOKEN"] = self._token
         try:
-            pid = autostart.ensure_running(self.unix_socket, autostart.daemon_command(self.autostart), env)
+            pid = autostart.start(self._endpoint, self.autostart)
         except autostart.StartError as exc:
             message = f"no sidecar answered on {self._where}, and autostart could not start one: {exc}"
             self._start_failure = (time.monotonic(), message)
@@ -330,36 +341,19 @@ class SidecarSecretsBackend(BaseSecretsBackend):
             self._token = self._read_token_file()  # generated by the first start, or rotated since
 
     def _ask_aws_directly(self, kind: str, key: str, team: str | None) -> str | None:
-        """on_unavailable="direct": the provider backend, built once with `fallback_kwargs`."""
+        """on_unavailable="direct": sidecar.client.direct, which builds the provider backend once."""
+        from sidecar.client import direct  # only here: the provider backend imports boto3
+
         if self._fallback is None:
-            module_name, _, class_name = PROVIDER_BACKENDS[self.source].rpartition(".")
-            try:
-                backend_class = getattr(importlib.import_module(module_name), class_name)
-            except ImportError:
-                raise SidecarError(
-                    f"no sidecar at {self._where}, and on_unavailable 'direct' needs "
-                    "apache-airflow-providers-amazon installed"
-                ) from None
-            fallback_kwargs = self._fallback_kwargs
-            if fallback_kwargs is None:
-                fallback_kwargs = json.loads(os.environ.get("SIDECAR_BACKEND_KWARGS") or "{}")
-            self._fallback = backend_class(**fallback_kwargs)
-            log.warning(
-                "no sidecar answers at %s: asking AWS directly through %s in this process",
-                self._where,
-                class_name,
-            )
-        if kind == "config":
-            return self._fallback.get_config(key)
-        method = self._fallback.get_variable if kind == "variables" else self._fallback.get_conn_value
-        return method(key, team_name=team) if team else method(key)
+            self._fallback = direct.DirectFallback(self.source, self._fallback_kwargs, self._where)
+        try:
+            return self._fallback.lookup(kind, key, team)
+        except direct.ProviderMissing as exc:
+            raise SidecarError(str(exc)) from None
 
     def _read_token_file(self) -> str:
         assert self._token_file
         try:
-            with open(self._token_file, encoding="utf-8") as handle:
-                return handle.read().strip()
-        except OSError as exc:
-            raise SidecarError(
-                f"cannot read the sidecar token file {self._token_file!r} (backend_kwargs 'token_file'): {exc.strerror}"
-            ) from None
+            return endpoints.read_token_file(self._token_file)
+        except endpoints.TokenFileError as exc:
+            raise _token_file_error(exc) from None

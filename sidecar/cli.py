@@ -7,16 +7,17 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Sequence
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from sidecar import __version__
+from sidecar.client import http as client
+from sidecar.client.endpoint import Endpoint, EndpointError, TokenFileError, locate, resolve
 from sidecar.daemon.logs import setup_logging
 from sidecar.daemon.settings import DEFAULTS, ConfigError, Settings, load_settings
-from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, TOKEN_HEADER
+from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, KINDS
 
 log = logging.getLogger("sidecar")
 
@@ -96,11 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the daemon against an embedded AWS emulation")
     demo.add_argument("--port", default=str(DEFAULT_PORT), help=f"port for the daemon (default {DEFAULT_PORT})")
     get = commands.add_parser("get", help="ask a running daemon for one value (prints it)")
-    get.add_argument("kind", choices=["variables", "connections", "config"])
+    get.add_argument("kind", choices=KINDS)
     get.add_argument("key")
     get.add_argument("--team")
-    get.add_argument("--url", default=os.environ.get("SIDECAR_URL"), help=f"default: SIDECAR_URL or {DEFAULT_URL}")
-    get.add_argument("--unix-socket", help="ask over this Unix socket (default SIDECAR_UNIX_SOCKET, if no --url)")
+    get.add_argument("--url", help=f"default: SIDECAR_URL, else SIDECAR_HOST / SIDECAR_PORT, else {DEFAULT_URL}")
+    get.add_argument(
+        "--unix-socket", help="ask over this Unix socket (default SIDECAR_UNIX_SOCKET); it wins over a URL"
+    )
     probe = commands.add_parser(
         "probe", help="exit 0 if the local daemon is live (--ready: ready); for container probes"
     )
@@ -141,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # The daemon reaches AWS through aiohttp. Where httpx is installed (Airflow depends on it, so in
 # any Airflow image) aiobotocore imports it, and with it rich and pygments, only to offer it as
-# another transport: the daemon starts at 58 MB resident instead of 64 (`make bench`, S5).
+# another transport the daemon never uses: they would sit in its memory for its whole life.
 UNUSED_IMPORTS = ("httpx", "httpx2")
 
 
@@ -181,13 +184,13 @@ def run_serve(settings: Settings) -> int:
 
 
 async def _check(settings: Settings) -> int:
-    from sidecar.daemon.lookup import listed_prefixes
+    from sidecar.daemon.lookup.names import Names
     from sidecar.daemon.metrics import Metrics
     from sidecar.daemon.sources import UpstreamError, open_source
 
     print(f"configuration ok: source {settings.source}, ttl {settings.ttl:g}s, negative ttl {settings.negative_ttl:g}s")
     async with open_source(settings, Metrics()) as source:
-        for prefix in listed_prefixes(settings.store):
+        for prefix in Names(settings.store).listed_prefixes():
             try:
                 names = await source.list_secrets([prefix])
             except UpstreamError as exc:
@@ -197,87 +200,73 @@ async def _check(settings: Settings) -> int:
     return 0
 
 
-def _daemon_get(path: str, token: str = "", url: str | None = None) -> tuple[int, dict[str, str], bytes]:
-    """GET `path` from the daemon this environment configures: SIDECAR_UNIX_SOCKET, else `url`,
-    else SIDECAR_HOST / SIDECAR_PORT. HTTP/1.0, so the daemon closes the connection after its answer."""
-    unix_socket = os.environ.get("SIDECAR_UNIX_SOCKET") if url is None else None
-    if unix_socket:
-        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        connection.settimeout(10)
-        try:
-            connection.connect(unix_socket)
-        except OSError:
-            connection.close()
-            raise
-    else:
-        parts = urlsplit(url or f"http://{os.environ.get('SIDECAR_HOST') or DEFAULT_HOST}:{_env_port()}")
-        connection = socket.create_connection((parts.hostname or DEFAULT_HOST, parts.port or 80), timeout=10)
-    with connection:
-        token_line = f"{TOKEN_HEADER}: {token}\r\n" if token else ""
-        connection.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n{token_line}\r\n".encode())
-        response = b"".join(iter(lambda: connection.recv(65536), b""))
-    head, _, body = response.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
-    return int(status_line.split(" ", 2)[1]), headers, body
+# `get` and `probe` run beside the daemon and ask it as the backend does: the same client, and
+# the same endpoint and token (sidecar/client/endpoint.py), plus the daemon's own listen settings.
+TIMEOUT = 10.0  # s
 
 
-def _env_port() -> int:
-    return int(os.environ.get("SIDECAR_PORT") or DEFAULT_PORT)
-
-
-def _where(url: str | None) -> str:
-    if url is None and os.environ.get("SIDECAR_UNIX_SOCKET"):
-        return f"unix socket {os.environ['SIDECAR_UNIX_SOCKET']}"
-    return url or f"{os.environ.get('SIDECAR_HOST') or DEFAULT_HOST}:{_env_port()}"
+def _ask(endpoint: Endpoint, path: str) -> tuple[int, bytes, bytes | None]:
+    """GET `path`: status, body, X-Cache as sent. Raises OSError or client.ProtocolError."""
+    status, body, _, cache = client.exchange(
+        endpoint.address, f"GET {path}".encode() + client.request_tail(endpoint.token), TIMEOUT
+    )
+    return status, body, cache
 
 
 def _probe(path: str) -> int:
     """Exit 0 when the local daemon answers `path` with 200; else say why on stderr."""
     try:
-        status, _, body = _daemon_get(path)
-    except (OSError, ValueError, IndexError) as exc:
-        print(f"{path}: no answer from the sidecar at {_where(None)}: {exc}", file=sys.stderr)
+        endpoint = locate(daemon_settings=True)  # no token: /healthz and /readyz need none
+    except EndpointError as exc:
+        print(f"{path}: {_address_error(exc)}", file=sys.stderr)
+        return 1
+    try:
+        status, body, _ = _ask(endpoint, path)
+    except (OSError, client.ProtocolError) as exc:
+        print(f"{path}: no answer from the sidecar at {endpoint.where}: {exc}", file=sys.stderr)
         return 1
     if status != 200:
         print(f"{path}: {status} {body.decode('utf-8', 'replace')}", file=sys.stderr)
     return 0 if status == 200 else 1
 
 
-def _token_for_get() -> str:
-    """SIDECAR_TOKEN, SIDECAR_TOKEN_FILE, or the token autostart generated beside SIDECAR_UNIX_SOCKET."""
-    if os.environ.get("SIDECAR_TOKEN"):
-        return os.environ["SIDECAR_TOKEN"]
-    path = os.environ.get("SIDECAR_TOKEN_FILE")
-    if not path and os.environ.get("SIDECAR_UNIX_SOCKET"):
-        from sidecar.client.autostart import token_path
+def _address_error(exc: EndpointError) -> str:
+    return f"the sidecar's address (--url, SIDECAR_URL, or SIDECAR_HOST and SIDECAR_PORT) {exc}"
 
-        path = token_path(os.environ["SIDECAR_UNIX_SOCKET"])
-        if not os.path.exists(path):
-            return ""
-    if not path:
-        return ""
-    with open(path, encoding="utf-8") as handle:
-        return handle.read().strip()
+
+def _get_endpoint(args: argparse.Namespace) -> Endpoint | None:
+    """The endpoint and token `get` asks with, as the backend resolves them; None after saying why."""
+    try:
+        return resolve(args.url, args.unix_socket, daemon_settings=True)
+    except TokenFileError as exc:
+        print(f"cannot read the sidecar token file {exc.path!r}: {exc.reason}", file=sys.stderr)
+    except EndpointError as exc:
+        print(_address_error(exc), file=sys.stderr)
+    return None
 
 
 def _get(args: argparse.Namespace) -> int:
+    endpoint = _get_endpoint(args)
+    if endpoint is None:
+        return 2
     path = f"/v1/{args.kind}/{quote(args.key, safe='')}"
     if args.team:
         path += f"?team={quote(args.team, safe='')}"
-    if args.unix_socket:
-        os.environ["SIDECAR_UNIX_SOCKET"] = args.unix_socket
     started = time.perf_counter()
     try:
-        status, headers, body = _daemon_get(path, _token_for_get(), args.url)
-    except (OSError, ValueError, IndexError) as exc:
-        print(f"cannot reach the sidecar at {_where(args.url)}: {exc}", file=sys.stderr)
+        status, body, cache = _ask(endpoint, path)
+    except client.ProtocolError as exc:
+        print(f"the sidecar at {endpoint.where} sent a malformed answer: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"cannot reach the sidecar at {endpoint.where}: {exc}", file=sys.stderr)
         return 2
     took = f"{1000 * (time.perf_counter() - started):.1f} ms"
+    shown = None if cache is None else cache.strip().decode("latin-1")
     if status == 200:
         print(json.loads(body)["value"])
-        print(f"({headers.get('X-Cache')}, {took})", file=sys.stderr)
+        print(f"({shown}, {took})", file=sys.stderr)
         return 0
-    cache = f", X-Cache: {headers['X-Cache']}" if "X-Cache" in headers else ""
-    print(f"{status}{cache}: {body.decode('utf-8', 'replace')}", file=sys.stderr)
+    cache_note = "" if shown is None else f", X-Cache: {shown}"
+    print(f"{status}{cache_note}: {body.decode('utf-8', 'replace')}", file=sys.stderr)
     return 1 if status == 404 else 2

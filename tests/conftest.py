@@ -90,7 +90,7 @@ async def start_sidecar(aws: AwsEmulator) -> AsyncIterator[Callable[..., Any]]:
         )
         await daemon.start()
         if warm:
-            await daemon.warm_up()
+            await daemon.warmup.warm_up()
         running = Running(daemon, clock, session)
         started.append(running)
         return running

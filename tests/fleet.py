@@ -48,7 +48,7 @@ from sidecar.daemon.sources import UpstreamError
 from sidecar.daemon.sources.aws import NOT_RETRIED_WHEN_THROTTLED
 from sidecar.daemon.sources.quotas import QUOTAS
 from tests.benchmarks.report import table
-from tests.support import make_settings
+from tests.support import make_settings, resolved
 
 LATENCY = 0.020  # seconds AWS takes to answer a call
 PRICE_PER_10K = 0.05  # USD per 10,000 Secrets Manager API calls
@@ -268,7 +268,7 @@ class Pod:
         daemon = self.daemon
         try:
             value, _ = await asyncio.wait_for(
-                daemon.resolver.resolve("variables", key), daemon.settings.request_timeout
+                resolved(daemon.resolver, "variables", key), daemon.settings.request_timeout
             )
         except (UpstreamError, asyncio.TimeoutError) as error:
             outcome.failed += 1
@@ -279,7 +279,7 @@ class Pod:
             outcome.wrong += 1
 
     def note_readiness(self, now: float) -> None:
-        readiness = self.daemon.readiness
+        readiness = self.daemon.warmup.readiness
         if self.ready_at is None and readiness.ready:
             self.ready_at = now
         if self.warm_at is None and readiness.ready and not readiness.lazy:

@@ -221,3 +221,10 @@ def refused(port: int) -> bool:
             return False
     except ConnectionRefusedError:
         return True
+
+
+async def resolved(resolver: Any, kind: str, key: str) -> tuple[str | None, Any]:
+    """What the daemon's lookup gives for `key`, awaited if it must be: (the value, the status)."""
+    result = resolver.resolve(kind, key)
+    answer, status = result if isinstance(result, tuple) else await result
+    return answer.value, status

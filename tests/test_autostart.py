@@ -199,6 +199,17 @@ def test_a_configured_token_file_is_the_daemons_too(aws, daemon_env, run_dir, tm
         _backend(run_dir, token="u" * 32).get_variable("greeting")
 
 
+def test_a_token_kwarg_is_the_daemons_even_where_the_environment_names_a_token_file(
+    aws, daemon_env, run_dir, tmp_path, monkeypatch
+):
+    """The daemon prefers SIDECAR_TOKEN_FILE: started with the backend's `token`, it must not get one."""
+    aws.put("airflow/variables/greeting", "hello")
+    other = tmp_path / "someone-elses-token"
+    other.write_text("o" * 32)
+    monkeypatch.setenv("SIDECAR_TOKEN_FILE", str(other))
+    assert _backend(run_dir, token="t" * 32).get_variable("greeting") == "hello"
+
+
 def test_the_cli_finds_an_autostarted_daemon_and_its_token(aws, daemon_env, run_dir):
     """What the README's troubleshooting section tells an operator to run inside the container."""
     aws.put("airflow/variables/greeting", "hello")

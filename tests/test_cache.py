@@ -311,18 +311,18 @@ async def test_background_refresh_backs_off_per_key_while_aws_fails():
 async def test_a_result_older_than_the_latest_decision_is_dropped():
     store, clock = Store(k="v"), FakeClock()
     cache = make_cache(store, clock)
-    ticket = cache.ticket()  # a warm-up or listing starts...
+    fill = cache.fill()  # a warm-up or listing starts...
     store.values["k"] = "newer"
     assert await cache.get("k") == ("newer", Status.MISS)  # ...a lookup starts and ends after it...
-    cache.put_many({"k": "older"}, ticket)  # ...and the older answer lands last
+    fill({"k": "older"})  # ...and the older answer lands last
     assert await cache.get("k") == ("newer", Status.HIT)
 
     store.error = DENIED
     clock.advance(REFRESH_MIN_INTERVAL)
-    ticket = cache.ticket()
+    fill = cache.fill()
     with pytest.raises(UpstreamError):
         await cache.get("k", refresh=True)
-    cache.put_many({"k": "newer"}, ticket)  # started before the refusal: it must not undo it
+    fill({"k": "newer"})  # started before the refusal: it must not undo it
     with pytest.raises(UpstreamError):
         await cache.get("k")
 

@@ -464,13 +464,13 @@ def test_probe_checks_liveness_and_readiness_of_the_local_daemon(aws):
 
         assert probe() == 0
         assert probe("--ready") == 1  # warm-up not run yet
-        running.run(running.daemon.warm_up())
+        running.run(running.daemon.warmup.warm_up())
         assert probe("--ready") == 0
     assert probe() == 1  # nothing listens any more
 
 
 def test_the_daemon_process_reads_aws_without_importing_httpx(aws):
-    """httpx is installed here (Airflow needs it); the daemon's process must not load it (6 MB of resident memory)."""
+    """httpx is installed here (Airflow needs it); the daemon's process must not load it (unused, it costs memory)."""
     aws.put("airflow/variables/v", "x")
     probe = f"""
 import asyncio, importlib.util, json, sys

@@ -1,10 +1,11 @@
-"""The HTTP contract of DESIGN.md, route by route and status by status, over a real socket."""
+"""The HTTP contract of docs/http-api.md, route by route and status by status, over a real socket."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import json
+import re
 import socket
 import threading
 import time
@@ -157,7 +158,7 @@ async def test_health_ready_and_metrics_need_no_token_and_name_no_key(aws, start
     sidecar = await start_sidecar(warmup="true")
     async with sidecar.http.get(f"{sidecar.url}/readyz") as response:
         assert response.status == 503  # warm-up not run yet
-    await sidecar.daemon.warm_up()
+    await sidecar.daemon.warmup.warm_up()
     await sidecar.get("variables", "very_private_name")
     await sidecar.get("variables", "missing_name")
 
@@ -228,7 +229,7 @@ async def test_our_own_bug_is_a_json_500_that_names_no_value(aws, start_sidecar,
     def broken(*_args):
         raise RuntimeError("a bug")
 
-    sidecar.daemon.resolver.resolve_cached = broken
+    sidecar.daemon.resolver.resolve = broken
     sidecar.daemon.metrics.render = broken
     async with sidecar.http.get(f"{sidecar.url}{path}", headers={"X-Sidecar-Token": TOKEN}) as response:
         assert response.status == 500
@@ -271,3 +272,13 @@ async def test_the_connection_limit_refuses_new_connections_and_keeps_serving_ad
         await writer.wait_closed()
     gc.collect()
     assert sum(isinstance(o, RequestHandler) for o in gc.get_objects()) <= 4  # not the 12 used
+
+
+def test_docs_list_every_error_code_with_its_status():
+    from pathlib import Path
+
+    from sidecar.protocol import ERRORS
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "http-api.md").read_text()
+    documented = set(re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", text, re.MULTILINE))
+    assert documented == {(str(status), code) for code, status in ERRORS.items()}

@@ -72,8 +72,8 @@ def _names_load_settings_reads() -> set[str]:
 
 def _names_the_code_reads() -> set[str]:
     names = _names_load_settings_reads()
-    for module in ("config.py", "backend.py"):
-        names |= set(SETTING_NAME.findall((ROOT / "sidecar" / module).read_text()))
+    for module in (ROOT / "sidecar").rglob("*.py"):
+        names |= set(SETTING_NAME.findall(module.read_text()))
     return names
 
 

@@ -254,8 +254,8 @@ def backends(aws: AwsEmulator, source: str, combo: Combo) -> Iterator[tuple[Side
     settings = make_settings(aws, combo.kwargs, source=source, warmup=str(combo.warmup).lower())
     with DaemonThread(settings) as thread:
         deadline = time.monotonic() + 30
-        while not thread.daemon.readiness.ready:  # warm-up: listed and loaded before the first lookup
-            assert time.monotonic() < deadline, f"warm-up did not finish: {thread.daemon.readiness.reason}"
+        while not thread.daemon.warmup.readiness.ready:  # warm-up: listed and loaded before the first lookup
+            assert time.monotonic() < deadline, f"warm-up did not finish: {thread.daemon.warmup.readiness.reason}"
             time.sleep(0.01)
         ours = SidecarSecretsBackend(url=thread.daemon.url, token=TOKEN, source=source)
         theirs = PROVIDERS[source](**combo.kwargs, region_name=REGION, endpoint_url=aws.endpoint)

@@ -171,7 +171,7 @@ async def test_batch_get_denied_falls_back_to_one_by_one(aws, start_sidecar, cap
 async def test_warm_up_waits_for_aws_and_readyz_says_why(aws, start_sidecar):
     aws.fail["ListSecrets"] = "InternalServiceError"  # a throttled listing serves lazily: test_quotas.py
     sidecar = await start_sidecar(warmup="true")
-    warm_up = asyncio.ensure_future(sidecar.daemon.warm_up())
+    warm_up = asyncio.ensure_future(sidecar.daemon.warmup.warm_up())
     while aws.calls["ListSecrets"] < 1:
         await asyncio.sleep(0.01)
     async with sidecar.http.get(f"{sidecar.url}/readyz") as response:
@@ -243,6 +243,6 @@ async def test_an_absent_name_answered_many_times_is_found_after_the_next_listin
     aws.put("airflow/variables/late", "v")
     sidecar.clock.advance(60)
     assert (await sidecar.get("variables", "late"))[::2] == (404, "hit")  # remembered until the listing
-    await sidecar.daemon.list_once()
+    await sidecar.daemon.warmup.list_once()
 
     assert await sidecar.get("variables", "late") == (200, {"value": "v"}, "hit")

@@ -339,7 +339,7 @@ async def test_a_hang_during_a_listing_answers_misses_stale_within_a_second(aws,
     assert (await sidecar.get("variables", "known_absent"))[::2] == (404, "miss")
     sidecar.clock.advance(2)
     proxy.set("*", "blackhole")
-    listing = asyncio.ensure_future(sidecar.daemon.list_once())  # waits on AWS
+    listing = asyncio.ensure_future(sidecar.daemon.warmup.list_once())  # waits on AWS
     await _wait(lambda: proxy.held("ListSecrets") == 1, "the listing to reach AWS")
     sidecar.clock.advance(1.5)  # the last good listing is three intervals old
 
@@ -358,7 +358,7 @@ async def test_a_secret_created_under_a_lagging_listing_is_served_after_the_next
         assert (await sidecar.get("variables", "new_one"))[0] == 404
     aws.put("airflow/variables/new_one", "v")
     sidecar.clock.advance(60)
-    await sidecar.daemon.list_once()  # the listing lacks it: the remembered miss is asked again
+    await sidecar.daemon.warmup.list_once()  # the listing lacks it: the remembered miss is asked again
 
     assert await sidecar.get("variables", "new_one") == (200, {"value": "v"}, "hit")
 
@@ -372,14 +372,14 @@ async def test_a_name_nobody_creates_costs_at_most_one_call_per_listing_interval
         for _ in range(6):  # read every ten seconds
             assert (await sidecar.get("variables", "nobody"))[0] == 404
             sidecar.clock.advance(10)
-        await sidecar.daemon.list_once()
+        await sidecar.daemon.warmup.list_once()
 
     assert aws.names.count("airflow/variables/nobody") <= 1 + intervals  # its first read, then one per listing
     unread = "airflow/variables/read_once"
     assert (await sidecar.get("variables", "read_once"))[0] == 404
     for _ in range(3):  # nobody reads it again: it lapses at the next listing, and costs nothing
         sidecar.clock.advance(60)
-        await sidecar.daemon.list_once()
+        await sidecar.daemon.warmup.list_once()
     assert aws.names.count(unread) == 1
 
 
@@ -393,7 +393,7 @@ async def test_a_rotation_by_put_secret_value_is_served_after_the_next_listing(a
     proxy.reset_counts()
     aws.clear_counts()
     sidecar.clock.advance(60)
-    await sidecar.daemon.list_once()
+    await sidecar.daemon.warmup.list_once()
 
     assert await sidecar.get("variables", "rotated") == (200, {"value": "new"}, "hit")
     assert proxy.counts() == {"ListSecrets": 1, "BatchGetSecretValue": 1}
@@ -415,7 +415,7 @@ async def test_a_stage_moved_back_by_update_secret_version_stage_is_served_after
         RemoveFromVersionId=second,
     )
     sidecar.clock.advance(60)
-    await sidecar.daemon.list_once()
+    await sidecar.daemon.warmup.list_once()
 
     assert await sidecar.get("variables", "rolled") == (200, {"value": "v1"}, "hit")
 
@@ -427,10 +427,10 @@ async def test_a_rotation_under_a_lagging_listing_is_served_once_the_listing_sho
     aws.client().put_secret_value(SecretId="airflow/variables/rotated", SecretString="new")
     for _ in range(2):  # the listings still show the old version map
         sidecar.clock.advance(60)
-        await sidecar.daemon.list_once()
+        await sidecar.daemon.warmup.list_once()
         assert (await sidecar.get("variables", "rotated"))[1] == {"value": "old"}
     sidecar.clock.advance(60)  # more than the lag since the layer saw the new map
-    await sidecar.daemon.list_once()
+    await sidecar.daemon.warmup.list_once()
 
     assert (await sidecar.get("variables", "rotated"))[1] == {"value": "new"}
 
@@ -442,10 +442,10 @@ async def test_a_deleted_secret_is_a_404_after_the_listing_that_shows_it_gone(aw
     assert (await sidecar.get("variables", "gone"))[1] == {"value": "v"}
     aws.client().delete_secret(SecretId="airflow/variables/gone", ForceDeleteWithoutRecovery=True)
     sidecar.clock.advance(60)
-    await sidecar.daemon.list_once()  # the layer sees it gone: still listed for a minute
+    await sidecar.daemon.warmup.list_once()  # the layer sees it gone: still listed for a minute
     assert (await sidecar.get("variables", "gone"))[1] == {"value": "v"}
     sidecar.clock.advance(61)
-    await sidecar.daemon.list_once()
+    await sidecar.daemon.warmup.list_once()
 
     assert (await sidecar.get("variables", "gone"))[::2] == (404, "hit")
 
@@ -457,7 +457,7 @@ async def test_a_rotation_whose_refetch_fails_is_not_served_fresh_until_the_ttl(
     aws.client().put_secret_value(SecretId="airflow/variables/rotated", SecretString="new")
     proxy.set("BatchGetSecretValue", "5xx")
     sidecar.clock.advance(60)
-    await sidecar.daemon.list_once()  # the listing shows the rotation; its batch fails
+    await sidecar.daemon.warmup.list_once()  # the listing shows the rotation; its batch fails
     proxy.set("GetSecretValue", "5xx")
     assert await sidecar.get("variables", "rotated") == (200, {"value": "old"}, "stale")  # AWS still failing
     proxy.clear()

@@ -87,7 +87,7 @@ async def test_a_daemon_paces_its_listing_within_its_share(aws, start_sidecar):
         aws.put(f"airflow/variables/v{n}", "x")
     sidecar = await start_sidecar(aws_quota_share="0.02")  # ListSecrets: 2/s for this daemon
 
-    await sidecar.daemon.warm_up()  # one ListSecrets for the three prefixes
+    await sidecar.daemon.warmup.warm_up()  # one ListSecrets for the three prefixes
     assert aws.calls["ListSecrets"] == 1
     for _ in range(2):
         await sidecar.daemon.catalog.refresh()
@@ -103,7 +103,7 @@ async def test_a_throttled_listing_serves_lazily_at_once_and_warms_up_when_aws_l
     aws.put("airflow/variables/v", "1")
     proxy.set("ListSecrets", "throttle")
     sidecar = await start_sidecar(backend_kwargs={"endpoint_url": proxy.endpoint}, warmup="true")
-    warm_up = asyncio.ensure_future(sidecar.daemon.warm_up())
+    warm_up = asyncio.ensure_future(sidecar.daemon.warmup.warm_up())
     try:
         with caplog.at_level(logging.WARNING, logger="sidecar"):
             await _until(lambda: _ready_lazily(sidecar), "lazy readiness while ListSecrets is throttled")
@@ -137,10 +137,10 @@ async def test_a_throttled_listing_at_start_costs_one_call_then_waits_within_an_
     settings = make_settings(aws, {"endpoint_url": proxy.endpoint}, list_interval=120)
     daemon = Daemon(settings, timer=FakeClock(), jitter=jitter, background=False)
     await daemon.start()
-    warm_up = asyncio.ensure_future(daemon.warm_up())
+    warm_up = asyncio.ensure_future(daemon.warmup.warm_up())
     try:
         deadline = time.monotonic() + DEADLINE
-        while not daemon.readiness.lazy:
+        while not daemon.warmup.readiness.lazy:
             assert time.monotonic() < deadline, "no lazy readiness while ListSecrets is throttled"
             await asyncio.sleep(0.01)
         assert proxy.counts() == {"ListSecrets": 1}
@@ -159,7 +159,7 @@ async def test_aws_down_at_start_still_holds_readiness(aws, proxy, start_sidecar
     """Only throttling means AWS is there to answer GetSecretValue; a 5xx listing may mean it is not."""
     proxy.set("ListSecrets", "5xx")
     sidecar = await start_sidecar(backend_kwargs={"endpoint_url": proxy.endpoint}, warmup="true")
-    warm_up = asyncio.ensure_future(sidecar.daemon.warm_up())
+    warm_up = asyncio.ensure_future(sidecar.daemon.warmup.warm_up())
     try:
         await _until(lambda: _failed_listing_reported(sidecar), "readiness naming the failed listing")
         status, body = await _readyz(sidecar)
@@ -237,12 +237,12 @@ async def test_warm_up_jitter_serves_lazily_at_once_then_warms_up(aws):
     daemon = Daemon(settings, timer=FakeClock(), jitter=lambda low, high: (low + high) / 2)
     await daemon.start()
     try:
-        assert daemon.readiness.lazy
-        assert "SIDECAR_WARMUP_JITTER" in daemon.readiness.reason
+        assert daemon.warmup.readiness.lazy
+        assert "SIDECAR_WARMUP_JITTER" in daemon.warmup.readiness.reason
         assert aws.calls["ListSecrets"] == 0  # not at start: a fleet's listings are spread out
 
         deadline = time.monotonic() + DEADLINE
-        while daemon.readiness.lazy:
+        while daemon.warmup.readiness.lazy:
             assert time.monotonic() < deadline, "no warm-up after the jitter"
             await asyncio.sleep(0.02)
         assert aws.calls["ListSecrets"] == 1

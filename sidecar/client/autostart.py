@@ -30,6 +30,9 @@ import sys
 import time
 from collections.abc import Iterator
 
+from sidecar.client.endpoint import Endpoint, token_path
+from sidecar.protocol import TOKEN_ENV, TOKEN_FILE_ENV
+
 # The Astro recipe's virtualenv: the daemon's dependencies stay out of Airflow's environment.
 RECIPE_VENV = "/opt/airflow-secrets-sidecar"
 RECIPE_COMMAND = f"{RECIPE_VENV}/bin/airflow-secrets-sidecar"
@@ -54,10 +57,6 @@ BACKEND_CLASS = "sidecar.backend.SidecarSecretsBackend"
 
 class StartError(Exception):
     """The daemon could not be started, or did not come up; the message says where to look."""
-
-
-def token_path(unix_socket: str) -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(unix_socket)), "token")
 
 
 def log_path(unix_socket: str) -> str:
@@ -97,6 +96,21 @@ def daemon_environment(proc: str = "/proc") -> dict[str, str]:
     return container
 
 
+def start(endpoint: Endpoint, autostart: bool | str) -> int | None:
+    """`ensure_running` for the backend's endpoint. The daemon gets the endpoint's token, and the other
+    token variable is dropped: the container's environment may name another token, which the daemon
+    would take instead (it prefers SIDECAR_TOKEN_FILE) and then refuse the backend's."""
+    assert endpoint.unix_socket
+    env = daemon_environment()
+    if endpoint.token_file:
+        env[TOKEN_FILE_ENV] = endpoint.token_file
+        env.pop(TOKEN_ENV, None)
+    else:
+        env[TOKEN_ENV] = endpoint.token
+        env.pop(TOKEN_FILE_ENV, None)
+    return ensure_running(endpoint.unix_socket, daemon_command(autostart), env)
+
+
 def ensure_running(unix_socket: str, command: list[str], env: dict[str, str], wait: float = START_WAIT) -> int | None:
     """Return once a daemon listens on `unix_socket`, starting one if nobody does: the pid of the daemon
     this call started, None if another process did. Raises StartError."""
@@ -106,7 +120,7 @@ def ensure_running(unix_socket: str, command: list[str], env: dict[str, str], wa
     with _locked(unix_socket + ".lock", deadline):
         if listens(unix_socket):  # a racing process started it while we waited for the lock
             return None
-        token_file = env.get("SIDECAR_TOKEN_FILE")
+        token_file = env.get(TOKEN_FILE_ENV)
         if token_file == token_path(unix_socket) and not os.path.exists(token_file):
             _write_private(token_file, secrets.token_urlsafe(32) + "\n")
         pid = _launch(unix_socket, command, env)
@@ -219,7 +233,8 @@ def _write_private(path: str, text: str) -> None:
 
 
 def listens(unix_socket: str) -> bool:
-    """True when a process accepts connections on the socket."""
+    """True when a process accepts connections on the socket. A bare connect, not a request: the
+    daemon listens only once it can answer, and a connect needs no token nor a connection kept."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:

@@ -1,9 +1,10 @@
 """A minimal keep-alive HTTP/1.1 client for our own daemon. Standard library only.
 
-The backend's lookups cost what this costs: `http.client` spends more parsing one response than
-the daemon spends answering it. So this speaks just what the daemon sends (a status line,
-headers, a body framed by `Content-Length`) and refuses anything else with a clear error: no
-chunked bodies, no head over 8 KiB.
+Every lookup of the backend costs what this costs, and `http.client` is built for any server:
+it parses each response into a message object, header by header, where the daemon's answer is a
+few known lines. So this speaks just what the daemon sends (a status line, headers, a body framed
+by `Content-Length`) and refuses anything else with a clear error: no chunked bodies, no head over
+8 KiB. The backend and the CLI's `get` and `probe` all ask through it.
 
 One connection per process, thread and address, kept at module level: Airflow versions that build
 a new backend object per lookup (3.0-3.2) still reuse it. A forked child never uses its parent's.
@@ -15,6 +16,8 @@ import os
 import socket
 import struct
 import threading
+
+from sidecar.protocol import TOKEN_HEADER
 
 # (host, port) for TCP, a path for a Unix socket.
 Address = tuple[str, int] | str
@@ -35,7 +38,14 @@ class _Closed(Exception):
 
 
 def get(address: Address, request: bytes, timeout: float) -> tuple[int, bytes, str | None]:
-    """Send `request` (a whole GET) and return the status, the body and any Retry-After.
+    """Send `request` (a whole GET) and return the status, the body and any Retry-After (see `exchange`)."""
+    status, body, retry_after, _ = exchange(address, request, timeout)
+    return status, body, retry_after
+
+
+def exchange(address: Address, request: bytes, timeout: float) -> tuple[int, bytes, str | None, bytes | None]:
+    """Send `request` (a whole GET) and return the status, the body, any Retry-After, and any X-Cache
+    as sent (bytes, unstripped: only the CLI shows it).
 
     A kept-alive connection the daemon has closed while idle is replaced once. Raises OSError
     when the daemon cannot be reached or does not answer within `timeout`, ProtocolError when it
@@ -44,7 +54,7 @@ def get(address: Address, request: bytes, timeout: float) -> tuple[int, bytes, s
         sock, reused = _connection(address, timeout)
         try:
             sock.sendall(request)
-            status, body, retry_after, close = _read_response(sock)
+            status, body, retry_after, cache, close = _read_response(sock)
         except BlockingIOError:  # the kernel's send or receive timeout passed
             _drop(address)
             raise TimeoutError(f"the sidecar did not answer within {timeout:g}s") from None
@@ -60,8 +70,14 @@ def get(address: Address, request: bytes, timeout: float) -> tuple[int, bytes, s
             raise
         if close:
             _drop(address)
-        return status, body, retry_after
+        return status, body, retry_after, cache
     raise AssertionError("unreachable")
+
+
+def request_tail(token: str) -> bytes:
+    """What follows `GET <path>` in a request to the daemon: the version, Host, the token if any."""
+    header = f"{TOKEN_HEADER}: {token}\r\n" if token else ""
+    return f" HTTP/1.1\r\nHost: localhost\r\n{header}\r\n".encode()
 
 
 def connection_port(address: Address) -> int | None:
@@ -106,8 +122,8 @@ def _connection(address: Address, timeout: float) -> tuple[socket.socket, bool]:
 
 def _time_out_after(sock: socket.socket, timeout: float) -> None:
     """A blocking socket whose sends and receives the kernel times out (BlockingIOError after
-    `timeout`): Python's own socket timeouts poll() before every call, which doubles the system
-    calls of a lookup."""
+    `timeout`): Python's own socket timeouts poll() before every send and receive, a system call
+    more for each on every lookup."""
     sock.settimeout(None)
     seconds = int(timeout)
     micro = max(int((timeout - seconds) * 1_000_000), 0 if seconds else 1)  # all zero: no timeout at all
@@ -122,8 +138,8 @@ def _drop(address: Address) -> None:
         sock.close()
 
 
-def _read_response(sock: socket.socket) -> tuple[int, bytes, str | None, bool]:
-    """Status, body, Retry-After, and whether the daemon closes the connection after it."""
+def _read_response(sock: socket.socket) -> tuple[int, bytes, str | None, bytes | None, bool]:
+    """Status, body, Retry-After, X-Cache, and whether the daemon closes the connection after it."""
     data = b""
     while (end := data.find(b"\r\n\r\n")) < 0:
         if len(data) > MAX_HEAD:
@@ -132,14 +148,28 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes, str | None, bool]:
         if not more:
             raise _Closed
         data += more
-    lines = data[:end].split(b"\r\n")
+    status, length, retry_after, cache, close = _parse_head(data[:end])
+    body = data[end + 4 :]
+    while len(body) < length:
+        more = sock.recv(max(RECV, length - len(body)))
+        if not more:
+            raise _Closed
+        body += more
+    if len(body) > length:
+        raise ProtocolError("more bytes than its Content-Length")
+    return status, body, retry_after, cache, close
+
+
+def _parse_head(head: bytes) -> tuple[int, int, str | None, bytes | None, bool]:
+    """A response's head, once it has all arrived: status, Content-Length, Retry-After, X-Cache, close."""
+    lines = head.split(b"\r\n")
     version, _, rest = lines[0].partition(b" ")
     code = rest[:3]
     if version not in (b"HTTP/1.1", b"HTTP/1.0") or not code.isdigit() or rest[3:4] not in (b" ", b""):
         raise ProtocolError(f"not an HTTP/1.x status line: {lines[0][:40]!r}")
     length = None
     close = version == b"HTTP/1.0"
-    retry_after = None
+    retry_after = cache = None
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon:
@@ -149,6 +179,8 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes, str | None, bool]:
             if not value.strip().isdigit():
                 raise ProtocolError(f"a malformed Content-Length: {value[:20]!r}")
             length = int(value)
+        elif name == b"x-cache":  # as sent: the backend never reads it
+            cache = value
         elif name == b"connection":
             close = value.strip().lower() == b"close"
         elif name == b"retry-after":
@@ -159,12 +191,4 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes, str | None, bool]:
         raise ProtocolError("a response without Content-Length")
     if length > MAX_BODY:
         raise ProtocolError(f"a body of {length} bytes, over {MAX_BODY}")
-    body = data[end + 4 :]
-    while len(body) < length:
-        more = sock.recv(max(RECV, length - len(body)))
-        if not more:
-            raise _Closed
-        body += more
-    if len(body) > length:
-        raise ProtocolError("more bytes than its Content-Length")
-    return int(code), body, retry_after, close
+    return int(code), length, retry_after, cache, close

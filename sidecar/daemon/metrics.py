@@ -2,7 +2,7 @@
 
 The two series every cache hit touches, lookups and request times, are counted in plain numbers
 instead of prometheus_client's locked values: the daemon counts and renders on its event loop's
-one thread, and the lock and label lookups were a fifth of a hit's cost in the daemon.
+one thread, and the lock and label lookups were a large share of a hit's cost (docs/benchmarks.md).
 """
 
 from __future__ import annotations

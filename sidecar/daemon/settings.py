@@ -14,19 +14,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT
+from sidecar.daemon.lookup.connections import CONN_WORDS
+from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT, KINDS, Store
 
-KINDS = ("variables", "connections", "config")
-SOURCES = ("secretsmanager", "ssm")
+SOURCES = tuple(store.value for store in Store)
 
 # The provider backends' own defaults, so an empty SIDECAR_BACKEND_KWARGS behaves like theirs.
 DEFAULT_PREFIXES: dict[str, dict[str, str]] = {
-    "secretsmanager": {
+    Store.SECRETSMANAGER: {
         "variables": "airflow/variables",
         "connections": "airflow/connections",
         "config": "airflow/config",
     },
-    "ssm": {
+    Store.SSM: {
         "variables": "/airflow/variables",
         "connections": "/airflow/connections",
         "config": "/airflow/config",
@@ -34,7 +34,7 @@ DEFAULT_PREFIXES: dict[str, dict[str, str]] = {
 }
 
 # The keys `_standardize_secret_keys` of the provider knows; `user` is its alias of `login`.
-CONN_FIELDS = ("login", "password", "host", "port", "schema", "conn_type", "extra")
+CONN_FIELDS = tuple(CONN_WORDS)
 
 # AWS client options the provider reads from its kwargs: its own (api_version, use_ssl) and those of
 # the AWS connection it builds from them (AwsConnectionWrapper). Each reaches the daemon's client.
@@ -110,10 +110,8 @@ class Settings:
     port: int = DEFAULT_PORT
     unix_socket: str | None = None
     unix_socket_group: str | None = None
-    allow_remote: bool = False
     token: str | None = field(default=None, repr=False)
     token_file: str | None = None
-    no_token: bool = False
     source: str = "secretsmanager"
     ttl: float = 1800.0
     negative_ttl: float = 600.0
@@ -123,7 +121,7 @@ class Settings:
     list_interval: float = 300.0
     log_level: str = "INFO"
     log_format: str = "text"
-    # uvloop (the `uvloop` extra; the Docker image's choice): a tenth more cache hits/s (`make bench`, S3).
+    # uvloop (the `uvloop` extra; the Docker image's choice): a faster event loop under the daemon.
     event_loop: str = "asyncio"
     # AWS calls in flight at once; also sizes the HTTP connection pool to AWS.
     max_upstream: int = 32
@@ -283,10 +281,8 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         port=_setting(args, environ, "port", _port),
         unix_socket=unix_socket,
         unix_socket_group=_setting(args, environ, "unix_socket_group", _group),
-        allow_remote=allow_remote,
         token=token,
         token_file=token_file,
-        no_token=bool(getattr(args, "no_token", False)),
         source=source,
         ttl=ttl,
         negative_ttl=_setting(args, environ, "negative_ttl", _non_negative_float, 2 * list_interval),
@@ -364,7 +360,7 @@ def parse_backend_kwargs(raw: str, source: str = "secretsmanager") -> StoreSetti
             f"{_KWARGS} has keys neither the provider's backend nor its AWS connection reads: {unknown} "
             f"(misspelt?); the keys: {sorted(BACKEND_KWARGS_KEYS)}"
         )
-    if source == "ssm":
+    if source == Store.SSM:
         only_secretsmanager = sorted({"sep", "extra_conn_words"} & set(data))
         if only_secretsmanager:
             raise ConfigError(
@@ -374,16 +370,7 @@ def parse_backend_kwargs(raw: str, source: str = "secretsmanager") -> StoreSetti
     sep = _typed(data, "sep", str, "/")
     if not sep:
         raise ConfigError(f"{_KWARGS}: 'sep' must not be empty")
-    kinds = {}
-    for kind in KINDS:
-        prefix_key = f"{kind}_prefix"
-        prefix = data[prefix_key] if prefix_key in data else DEFAULT_PREFIXES[source][kind]
-        if prefix is not None and not isinstance(prefix, str):
-            raise ConfigError(f"{_KWARGS}: {prefix_key!r} must be a string or null")
-        if prefix:
-            # As the providers do: Secrets Manager strips its sep, Parameter Store a "/".
-            prefix = prefix.rstrip(sep if source == "secretsmanager" else "/")
-        kinds[kind] = KindRule(prefix, _pattern(data, f"{kind}_lookup_pattern"))
+    kinds = {kind: _kind_rule(data, kind, source, sep) for kind in KINDS}
     verify = data.get("verify")
     if verify is not None and not isinstance(verify, (bool, str)):
         raise ConfigError(f"{_KWARGS}: 'verify' must be true, false or a CA bundle path")
@@ -413,6 +400,17 @@ def parse_backend_kwargs(raw: str, source: str = "secretsmanager") -> StoreSetti
         sts_endpoint_url=sts.get("endpoint_url") if isinstance(sts, dict) else None,
         credentials=_credentials(data),
     )
+
+
+def _kind_rule(data: dict[str, Any], kind: str, source: str, sep: str) -> KindRule:
+    prefix_key = f"{kind}_prefix"
+    prefix = data[prefix_key] if prefix_key in data else DEFAULT_PREFIXES[source][kind]
+    if prefix is not None and not isinstance(prefix, str):
+        raise ConfigError(f"{_KWARGS}: {prefix_key!r} must be a string or null")
+    if prefix:
+        # As the providers do: Secrets Manager strips its sep, Parameter Store a "/".
+        prefix = prefix.rstrip(sep if source == Store.SECRETSMANAGER else "/")
+    return KindRule(prefix, _pattern(data, f"{kind}_lookup_pattern"))
 
 
 def _credentials(data: dict[str, Any]) -> tuple[str, str, str | None] | None:

@@ -168,7 +168,7 @@ async def _pass_times(size: int, passes: int = 200) -> dict[str, float]:
         jitter=lambda low, high: 0.8,
     )
     for start in range(0, size, 1000):  # fetched in batches, then read once: all queued for refresh
-        cache.put_many({f"k{i}": "v" for i in range(start, min(size, start + 1000))}, cache.ticket())
+        cache.fill()({f"k{i}": "v" for i in range(start, min(size, start + 1000))})
         clock.advance(ttl * 0.5 / (size / 1000))  # spread over half the TTL: due times apart
     for i in range(size):
         await cache.get(f"k{i}")

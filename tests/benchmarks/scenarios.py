@@ -23,7 +23,7 @@ from tests.benchmarks.emulator import SlowAwsEmulator
 from tests.benchmarks.report import median, summarize_us
 from tests.benchmarks.sidecar_process import sidecar_process
 from tests.benchmarks.workload import VARIABLES, day_workload, fresh_process_workload
-from tests.support import REGION, FakeClock, make_settings
+from tests.support import REGION, FakeClock, make_settings, resolved
 
 CHILD = str(Path(__file__).with_name("child.py"))
 CHILD_TIMEOUT = 300.0
@@ -178,7 +178,7 @@ async def _simulate_day(
     await daemon.start()
     try:
         aws.clear_counts()
-        await daemon.warm_up()
+        await daemon.warmup.warm_up()
         warm_up = aws.snapshot("sidecar")
         aws.clear_counts()
         statuses: Counter[str] = Counter()
@@ -196,7 +196,7 @@ async def _simulate_day(
                 rotations += 1
             if elapsed % 60 == 0:
                 for key in values:
-                    value, status = await daemon.resolver.resolve("variables", key)
+                    value, status = await resolved(daemon.resolver, "variables", key)
                     if value != expected[key] and (key not in rotated or value != rotated[key]):
                         raise WrongValue(f"simulated day, minute {elapsed // 60}: variable {key!r} had a wrong value")
                     statuses[status.value] += 1
@@ -206,7 +206,7 @@ async def _simulate_day(
             clock.advance(step)
             await daemon.cache.refresh_due()
             if elapsed + step >= next_listing:
-                await daemon.list_once()
+                await daemon.warmup.list_once()
                 rotated.clear()  # from here on, only the new values are right
                 next_listing += settings.list_interval
         calls = aws.snapshot("sidecar")  # not the rotations, which the test makes

@@ -73,7 +73,7 @@ NOT_RETRIED_WHEN_THROTTLED = frozenset({"ListSecrets", "BatchGetSecretValue", "G
 
 
 # botocore's retry mode. "adaptive" adds a client-side rate limiter that slows down while AWS
-# throttles: 2.1 calls/s instead of 15/s in tests/benchmarks/throttling.py, cached keys answered
+# throttles (tests/benchmarks/throttling.py measures it against "standard"), cached keys answered
 # as fast (stale); a key with nothing cached waits in the limiter up to the request timeout.
 RETRY_MODE = "adaptive"
 
@@ -97,7 +97,7 @@ class UpstreamError(Exception):
     @property
     def hint(self) -> str:
         if self.code in ("AccessDeniedException", "AccessDenied"):
-            return "the sidecar's IAM role lacks a permission; see the README's IAM policy"
+            return "the sidecar's IAM role lacks a permission; see the IAM policy in docs/security.md"
         if self.code in CREDENTIAL_CODES:
             return (
                 "the sidecar has no valid AWS credentials (or its clock is off); check its role, profile or environment"

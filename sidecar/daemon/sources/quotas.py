@@ -4,7 +4,7 @@ Every daemon of a fleet draws on the same quotas, per account and region, and th
 batch APIs have small ones (100 requests/s). One daemon paces its own calls to `share` of each
 quota with a token bucket, waiting for its turn rather than being refused, so that it alone never
 crowds out the account's other clients; a fleet also spreads its warm-ups (SIDECAR_WARMUP_JITTER,
-sized in the README's "Fleet sizing" from `make fleet`).
+sized in docs/deployment.md, "Fleet sizing", from `make fleet`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ QUOTAS: dict[str, tuple[str, float]] = {
     "GetSecretValue": ("GetSecretValue", 10_000.0),
     "BatchGetSecretValue": ("BatchGetSecretValue", 100.0),
     "ListSecrets": ("ListSecrets", 100.0),
-    "DescribeSecret": ("DescribeSecret", 40_000.0),
     "GetParameter": ("Parameter Store reads", 40.0),
     "GetParameters": ("Parameter Store reads", 40.0),
     "GetParametersByPath": ("Parameter Store reads", 40.0),

@@ -8,8 +8,8 @@ from typing import Any
 
 from aiobotocore.client import AioBaseClient
 
-from sidecar.daemon.sources import Listed
 from sidecar.daemon.sources.aws import TRANSIENT_CODES, Caller, UpstreamError
+from sidecar.daemon.sources.base import Listed
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The names under the configured prefixes (`listing`), and the warm-up and listing loop (`warmup`)."""

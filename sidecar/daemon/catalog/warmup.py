@@ -1,0 +1,140 @@
+"""The warm-up and the listing loop, and the readiness they decide.
+
+At start the daemon lists its prefixes and loads every value found; then it lists again every
+listing interval (jittered, so a fleet started together does not list together ever after) and
+brings up to date, in one batch, what the listing says changed, the misses read since the listing
+before, and what comes due for refresh before the next one.
+
+While the listing is throttled the daemon serves each key on demand (GetSecretValue has a hundred
+times the quota) and lists again at a random moment within the next listing interval, instead of
+holding readiness: a fleet started together then lists at a pace its quota takes, each daemon
+after one throttled call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sidecar.daemon.cache import Cache
+from sidecar.daemon.catalog.listing import Catalog
+from sidecar.daemon.settings import Settings
+from sidecar.daemon.sources import Source, UpstreamError
+
+log = logging.getLogger(__name__)
+
+WARMUP_RETRY_MAX = 30.0
+LIST_JITTER = (0.9, 1.1)  # a listing interval's spread
+
+
+class Readiness:
+    """Ready once the first warm-up ended, or while it waits its turn or on a throttled listing
+    (then each key is looked up on demand: lazily, which /readyz says)."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.lazy = False
+        self.reason = "warming up"
+
+    def serve_lazily(self, reason: str) -> None:
+        self.ready = self.lazy = True
+        self.reason = reason
+
+    def serve_warm(self) -> None:
+        self.ready = True
+        self.lazy = False
+        self.reason = ""
+
+    def not_yet(self, reason: str) -> None:
+        self.reason = reason
+
+
+class WarmUp:
+    def __init__(
+        self,
+        settings: Settings,
+        source: Source,
+        catalog: Catalog,
+        cache: Cache,
+        *,
+        timer: Callable[[], float] = time.monotonic,
+        jitter: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self._settings = settings
+        self._source = source
+        self._catalog = catalog
+        self._cache = cache
+        self._timer = timer
+        self._jitter = jitter
+        self.readiness = Readiness()
+        if not settings.warmup:
+            self.readiness.serve_warm()
+
+    def start(self) -> Coroutine[Any, Any, None]:
+        """The loop to run: warm up (after SIDECAR_WARMUP_JITTER's delay, serving lazily until
+        then), then list forever."""
+        spread = self._settings.warmup_jitter
+        delay = self._jitter(0.0, spread) if spread else 0.0
+        if delay:  # a fleet's warm-ups spread out; each pod serves on demand until its turn
+            self.readiness.serve_lazily(f"warm-up in {delay:.0f}s (SIDECAR_WARMUP_JITTER)")
+        return self._run(delay)
+
+    async def _run(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        await self.warm_up()
+        while True:
+            await asyncio.sleep(self._settings.list_interval * self._jitter(*LIST_JITTER))
+            with contextlib.suppress(UpstreamError):
+                await self.list_once()
+
+    async def warm_up(self) -> None:
+        """List the prefixes and load every value found; retry until AWS answers or refuses."""
+        delay = 1.0
+        while True:
+            store = self._cache.fill()
+            try:
+                await self._catalog.refresh()
+                break
+            except UpstreamError as error:
+                if not error.transient:
+                    break  # listing denied: lazy lookups, already logged
+                if error.throttled:
+                    self.readiness.serve_lazily(f"{error.api} is throttled ({error.code}): listing again later")
+                    wait = self._jitter(0.0, self._settings.list_interval)
+                else:
+                    self.readiness.not_yet(f"AWS not usable yet: {error.code} ({error.hint})")
+                    wait = delay
+                    delay = min(delay * 2, WARMUP_RETRY_MAX)
+                log.warning("warm-up: %s; retrying in %.0fs", self.readiness.reason, wait)
+                await asyncio.sleep(wait)
+        unfetched = self._keep_listed_values(store)
+        if unfetched:
+            store = self._cache.fill()
+            try:
+                store(await self._source.get_many(unfetched, ahead=True))
+            except UpstreamError as error:
+                log.warning("warm-up could not load values (%s): they are fetched on first use", error.code)
+        self.readiness.serve_warm()
+        log.info("ready: %d entries cached", len(self._cache))
+
+    async def list_once(self) -> None:
+        """List, then bring up to date in one batch what the listing says changed, the misses read
+        since the last one, and what comes due for refresh before the next one."""
+        started = self._timer()
+        store = self._cache.fill()
+        changed = await self._catalog.refresh()
+        self._keep_listed_values(store)
+        next_listing = self._timer() + self._settings.list_interval * LIST_JITTER[1]
+        await self._cache.revalidate(changed, since=started, due_before=next_listing)
+
+    def _keep_listed_values(self, store: Callable[[dict[str, str | None]], None]) -> list[str]:
+        """Cache the values the listing carried (Parameter Store's do); return the names without one."""
+        listing = self._catalog.listing
+        store({name: e.value for name, e in listing.items() if e.value is not None})
+        return sorted(name for name, e in listing.items() if e.value is None)
