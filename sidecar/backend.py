@@ -39,7 +39,7 @@ except ImportError:  # a worker with only the Task SDK installed
 
 from sidecar.client import endpoint as endpoints
 from sidecar.client import http as client
-from sidecar.protocol import SOURCE_ENV, TEAM_SEP, Store
+from sidecar.protocol import SECRETSMANAGER, SOURCE_ENV, STORES, TEAM_SEP
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +124,10 @@ def _on_unavailable(on_unavailable: str) -> str:
 
 
 def _source(source: str | None) -> str:
-    source = source or os.environ.get(SOURCE_ENV) or Store.SECRETSMANAGER.value
-    try:
-        return Store(source).value
-    except ValueError:
-        raise SidecarError(f"backend_kwargs 'source' must be 'secretsmanager' or 'ssm', got {source!r}") from None
+    source = source or os.environ.get(SOURCE_ENV) or SECRETSMANAGER
+    if source not in STORES:
+        raise SidecarError(f"backend_kwargs 'source' must be 'secretsmanager' or 'ssm', got {source!r}")
+    return source
 
 
 def _autostart(autostart: bool | str) -> bool | str:

@@ -1,7 +1,5 @@
-"""The daemon's HTTP contract, in one place for the daemon and the backend. Standard library only:
-the backend imports it in every Airflow process."""
-
-import enum
+"""The daemon's HTTP contract, in one place for the daemon and the backend. Standard library only,
+and plain constants: the backend imports it in every Airflow process."""
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 2779
@@ -38,12 +36,9 @@ ERRORS = {
     "invalid_secret": 503,
 }
 
-
-class Store(str, enum.Enum):
-    """Where the secrets are: SIDECAR_SOURCE, for the daemon and for the backend's direct fallback."""
-
-    SECRETSMANAGER = "secretsmanager"
-    SSM = "ssm"
+# Where the secrets are: SIDECAR_SOURCE, for the daemon and for the backend's direct fallback.
+SECRETSMANAGER, SSM = "secretsmanager", "ssm"
+STORES = (SECRETSMANAGER, SSM)
 
 
 # The environment the Airflow side reads to find the daemon, under the names the daemon reads for

@@ -13,14 +13,14 @@ import logging
 import os
 from typing import Any
 
-from sidecar.protocol import BACKEND_KWARGS_ENV, CONFIG, VARIABLES, Store
+from sidecar.protocol import BACKEND_KWARGS_ENV, CONFIG, SECRETSMANAGER, SSM, VARIABLES
 
 # The backend's logger: this fallback is the backend's behaviour, and its users filter that name.
 log = logging.getLogger("sidecar.backend")
 
 PROVIDER_BACKENDS = {
-    Store.SECRETSMANAGER: "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend",
-    Store.SSM: "airflow.providers.amazon.aws.secrets.systems_manager.SystemsManagerParameterStoreBackend",
+    SECRETSMANAGER: "airflow.providers.amazon.aws.secrets.secrets_manager.SecretsManagerBackend",
+    SSM: "airflow.providers.amazon.aws.secrets.systems_manager.SystemsManagerParameterStoreBackend",
 }
 
 
@@ -46,7 +46,7 @@ class DirectFallback:
         return method(key, team_name=team) if team else method(key)
 
     def _build(self) -> Any:
-        module_name, _, class_name = PROVIDER_BACKENDS[Store(self._source)].rpartition(".")
+        module_name, _, class_name = PROVIDER_BACKENDS[self._source].rpartition(".")
         try:
             backend_class = getattr(importlib.import_module(module_name), class_name)
         except ImportError:

@@ -15,18 +15,18 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from sidecar.daemon.lookup.connections import CONN_WORDS
-from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT, KINDS, Store
+from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT, KINDS, SECRETSMANAGER, SSM, STORES
 
-SOURCES = tuple(store.value for store in Store)
+SOURCES = STORES
 
 # The provider backends' own defaults, so an empty SIDECAR_BACKEND_KWARGS behaves like theirs.
 DEFAULT_PREFIXES: dict[str, dict[str, str]] = {
-    Store.SECRETSMANAGER: {
+    SECRETSMANAGER: {
         "variables": "airflow/variables",
         "connections": "airflow/connections",
         "config": "airflow/config",
     },
-    Store.SSM: {
+    SSM: {
         "variables": "/airflow/variables",
         "connections": "/airflow/connections",
         "config": "/airflow/config",
@@ -360,7 +360,7 @@ def parse_backend_kwargs(raw: str, source: str = "secretsmanager") -> StoreSetti
             f"{_KWARGS} has keys neither the provider's backend nor its AWS connection reads: {unknown} "
             f"(misspelt?); the keys: {sorted(BACKEND_KWARGS_KEYS)}"
         )
-    if source == Store.SSM:
+    if source == SSM:
         only_secretsmanager = sorted({"sep", "extra_conn_words"} & set(data))
         if only_secretsmanager:
             raise ConfigError(
@@ -409,7 +409,7 @@ def _kind_rule(data: dict[str, Any], kind: str, source: str, sep: str) -> KindRu
         raise ConfigError(f"{_KWARGS}: {prefix_key!r} must be a string or null")
     if prefix:
         # As the providers do: Secrets Manager strips its sep, Parameter Store a "/".
-        prefix = prefix.rstrip(sep if source == Store.SECRETSMANAGER else "/")
+        prefix = prefix.rstrip(sep if source == SECRETSMANAGER else "/")
     return KindRule(prefix, _pattern(data, f"{kind}_lookup_pattern"))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from sidecar.daemon.settings import StoreSettings
-from sidecar.protocol import CONFIG, TEAM_SEP, Store
+from sidecar.protocol import CONFIG, SECRETSMANAGER, SSM, TEAM_SEP
 
 # Airflow's rule for team names (`airflow teams create`), without its 3-character minimum.
 VALID_TEAM = re.compile(r"[A-Za-z0-9_-]{1,50}")
@@ -51,9 +51,9 @@ class ParameterStoreNames:
         return [self.name(prefix, id_) for id_ in ids]
 
 
-NAMING: dict[Store, type[SecretsManagerNames] | type[ParameterStoreNames]] = {
-    Store.SECRETSMANAGER: SecretsManagerNames,
-    Store.SSM: ParameterStoreNames,
+NAMING: dict[str, type[SecretsManagerNames] | type[ParameterStoreNames]] = {
+    SECRETSMANAGER: SecretsManagerNames,
+    SSM: ParameterStoreNames,
 }
 
 
@@ -62,7 +62,7 @@ class Names:
 
     def __init__(self, store: StoreSettings) -> None:
         self._store = store
-        self._rule = NAMING[Store(store.source)](store)
+        self._rule = NAMING[store.source](store)
 
     def of(self, kind: str, key: str, team: str | None) -> tuple[str, ...]:
         """Empty when no name may be looked up for `key`; raises InvalidTeam for a bad team name."""

@@ -18,7 +18,7 @@ from sidecar.daemon.catalog.listing import Catalog
 from sidecar.daemon.lookup.connections import CONN_WORDS, normalise
 from sidecar.daemon.lookup.names import Names
 from sidecar.daemon.settings import StoreSettings
-from sidecar.protocol import CONNECTIONS, Store
+from sidecar.protocol import CONNECTIONS, SECRETSMANAGER
 
 _SEVERITY = {Status.HIT: 0, Status.MISS: 1, Status.STALE: 2}
 MEMO_MAX = 10000  # keys remembered; all dropped at once past it
@@ -65,7 +65,7 @@ class Resolver:
         self._catalog = catalog
         self._timer = timer
         self._counts = counts
-        self._normalises = Store(store.source) is Store.SECRETSMANAGER
+        self._normalises = store.source == SECRETSMANAGER
         self._conn_words = {field: words + store.extra_conn_words.get(field, ()) for field, words in CONN_WORDS.items()}
         self._lookups: dict[tuple[str, str, str | None], _Lookup] = {}
 

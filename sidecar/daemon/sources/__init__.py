@@ -21,13 +21,13 @@ from sidecar.daemon.sources.base import Listed, Source
 from sidecar.daemon.sources.quotas import RateLimits
 from sidecar.daemon.sources.secretsmanager import SecretsManagerSource
 from sidecar.daemon.sources.ssm import ParameterStoreSource
-from sidecar.protocol import Store
+from sidecar.protocol import SECRETSMANAGER, SSM
 
 __all__ = ["Listed", "Source", "UpstreamError", "open_source"]
 
-SOURCES: dict[Store, type[SecretsManagerSource] | type[ParameterStoreSource]] = {
-    Store.SECRETSMANAGER: SecretsManagerSource,
-    Store.SSM: ParameterStoreSource,
+SOURCES: dict[str, type[SecretsManagerSource] | type[ParameterStoreSource]] = {
+    SECRETSMANAGER: SecretsManagerSource,
+    SSM: ParameterStoreSource,
 }
 
 
@@ -35,7 +35,7 @@ SOURCES: dict[Store, type[SecretsManagerSource] | type[ParameterStoreSource]] = 
 async def open_source(settings: Settings, metrics: Metrics, client: Any = None) -> AsyncIterator[Source]:
     """The configured source over one AWS client: its own, or `client` (an object with the same
     methods, such as the fleet simulation's store), which stays the caller's to close."""
-    source_class = SOURCES[Store(settings.source)]
+    source_class = SOURCES[settings.source]
     # Paced on the event loop's clock: real time in a daemon, simulated time in the simulation.
     limits = RateLimits(settings.aws_quota_share, asyncio.get_running_loop().time)
     async with contextlib.AsyncExitStack() as stack:
