@@ -12,9 +12,8 @@ import time
 from collections.abc import Sequence
 from urllib.parse import quote
 
-from sidecar import __version__
-from sidecar.client import http as client
-from sidecar.client.endpoint import Endpoint, EndpointError, TokenFileError, locate, resolve
+from sidecar import __version__, client
+from sidecar.client import Endpoint, EndpointError, TokenFileError, locate, resolve
 from sidecar.daemon.logs import setup_logging
 from sidecar.daemon.settings import DEFAULTS, ConfigError, Settings, load_settings
 from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, KINDS
@@ -201,7 +200,7 @@ async def _check(settings: Settings) -> int:
 
 
 # `get` and `probe` run beside the daemon and ask it as the backend does: the same client, and
-# the same endpoint and token (sidecar/client/endpoint.py), plus the daemon's own listen settings.
+# the same endpoint and token (sidecar/client.py), plus the daemon's own listen settings.
 TIMEOUT = 10.0  # s
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from sidecar import autostart
 from sidecar.backend import SidecarError, SidecarSecretsBackend, SidecarUnreachable
-from sidecar.client import autostart
 from tests.support import REGION, AwsEmulator, airflow_env
 
 BACKEND = "sidecar.backend.SidecarSecretsBackend"

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
+from sidecar import client
 from sidecar.backend import TOKEN_RETRY_PAUSES, SidecarError, SidecarSecretsBackend
-from sidecar.client import http as client
 from sidecar.daemon.http.token import TOKEN_MISMATCH_RECHECK_SECONDS, TOKEN_RECHECK_SECONDS
 from sidecar.daemon.settings import Settings
 from tests.support import TOKEN, AwsEmulator, DaemonThread, FakeClock, make_settings

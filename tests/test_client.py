@@ -1,4 +1,4 @@
-"""sidecar/client/http.py against a raw server that answers exactly the bytes each test gives it:
+"""sidecar/client.py against a raw server that answers exactly the bytes each test gives it:
 framing it must accept, framing it must refuse with a clear error, and closed connections."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sidecar.client import http as client
+from sidecar import client
 
 REQUEST = b"GET /v1/variables/v HTTP/1.1\r\nHost: localhost\r\n\r\n"
 

@@ -213,7 +213,7 @@ def _instructions(dockerfile: Path) -> list[str]:
 
 
 def test_the_astro_recipe_changes_no_entrypoint_and_installs_where_autostart_looks() -> None:
-    from sidecar.client.autostart import RECIPE_COMMAND, RECIPE_VENV
+    from sidecar.autostart import RECIPE_COMMAND, RECIPE_VENV
 
     instructions = _instructions(ASTRO_SNIPPET)
     assert {line.split()[0] for line in instructions} == {"FROM", "USER", "RUN"}

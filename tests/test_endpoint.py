@@ -1,4 +1,4 @@
-"""sidecar/client/endpoint.py: one resolution of the daemon's address and token, for the backend and
+"""sidecar/client.py: one resolution of the daemon's address and token, for the backend and
 the CLI alike. Each case builds a real `SidecarSecretsBackend` and parses a real `get` command line,
 with real token files; then the daemon's side: `probe` and `get` against a real daemon."""
 
@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 
-from sidecar import cli
+from sidecar import cli, client
 from sidecar.backend import SidecarError, SidecarSecretsBackend
-from sidecar.client import endpoint as endpoints
 from tests.support import TOKEN, DaemonThread, make_settings
 
 KWARG_TOKEN = "kwarg-token-0123456789abcdef"
@@ -124,7 +123,7 @@ def test_the_backend_and_the_cli_resolve_the_same_token(
     run = tmp_path / "run"
     run.mkdir()
     paths = {"kwarg-file": str(tmp_path / "kwarg-token"), "env-file": str(tmp_path / "env-token")}
-    paths["generated"] = endpoints.token_path(str(run / "s.sock"))
+    paths["generated"] = client.token_path(str(run / "s.sock"))
     assert paths["generated"] == str(run / "token")
     for name, path in paths.items():
         if name != "generated" or generated:
@@ -199,7 +198,7 @@ def test_the_backend_and_the_cli_find_the_daemon_by_one_rule(monkeypatch, explic
     assert backend._address == backend_address
     assert endpoint is not None and endpoint.address == cli_address
     assert endpoint.where == (f"unix socket {SOCKET}" if cli_address == SOCKET else endpoint.url)
-    assert endpoints.locate(**explicit, daemon_settings=True).address == cli_address  # what `probe` asks
+    assert client.locate(**explicit, daemon_settings=True).address == cli_address  # what `probe` asks
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:2779", "https://127.0.0.1:2779", "http://", "http://h:port"])

@@ -21,8 +21,8 @@ from typing import IO, Any
 
 import pytest
 
+from sidecar import client
 from sidecar.backend import SidecarError, SidecarSecretsBackend, SidecarUnreachable
-from sidecar.client import http as client
 from sidecar.daemon.lifecycle import SHUTDOWN_GRACE
 from tests.support import FAKE_AWS_ENV, REGION, REPO, TOKEN, AwsEmulator, free_port, refused
 

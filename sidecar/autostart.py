@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-from sidecar.client.endpoint import Endpoint, token_path
+from sidecar.client import Endpoint, token_path
 from sidecar.protocol import TOKEN_ENV, TOKEN_FILE_ENV
 
 # The Astro recipe's virtualenv: the daemon's dependencies stay out of Airflow's environment.
