@@ -186,7 +186,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         self._fallback_kwargs = fallback_kwargs
         self._fallback: Any = None  # sidecar.direct's, built when first needed
         self._reached = False  # once the daemon answered, a refused connection fails at once
-        self._multi_team = _multi_team()
+        self._multi_team: bool | None = None  # read at the first id that holds TEAM_SEP
         self.autostart = _autostart(autostart)
         self._start_failure: tuple[float, str] | None = None
         endpoint = self._endpoint = _endpoint(url, unix_socket, token, token_file, autostart is not False)
@@ -210,10 +210,15 @@ class SidecarSecretsBackend(BaseSecretsBackend):
     def get_config(self, key: str, **kwargs: Any) -> str | None:
         return self._lookup("config", key, None)
 
+    def _in_multi_team_mode(self) -> bool:
+        if self._multi_team is None:  # not at construction: Airflow 3.0-3.2 build a backend per lookup
+            self._multi_team = _multi_team()
+        return self._multi_team
+
     # --- HTTP ---
 
     def _lookup(self, kind: str, key: str, team: str | None) -> str | None:
-        if self._multi_team and TEAM_SEP in key:
+        if TEAM_SEP in key and self._in_multi_team_mode():
             # As the provider backends do: such an id could name another team's secret.
             log.warning(
                 "%s id %r contains %r, which separates the team name from the secret id in a team "
