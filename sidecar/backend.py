@@ -14,8 +14,10 @@ sidecar/client.py), `timeout` (s),
 `autostart` (true, or the path of an `airflow-secrets-sidecar` executable: with `unix_socket`, start
 the daemon when none answers, once per socket however many processes race; see sidecar/autostart.py),
 `on_unavailable` ("error", or "direct": ask AWS through the provider backend when no daemon
-answers), `fallback_kwargs` (that backend's kwargs; default `SIDECAR_BACKEND_KWARGS`) and
-`source` ("secretsmanager" or "ssm": which provider backend).
+answers), `fallback_kwargs` (that backend's kwargs; default `SIDECAR_BACKEND_KWARGS`),
+`source` ("secretsmanager" or "ssm": which provider backend) and `local_ttl` (s this process
+answers a key again from the daemon's last answer without asking it, found or not; default 5, 0 for
+never; docs/configuration.md#answers-kept-in-each-process says why and what it adds to each bound).
 
 A daemon that is too busy (429) is asked again after its `Retry-After`, for at most `timeout`
 seconds in all. After a 401, a `token_file` is re-read and the request retried a few times over
@@ -28,6 +30,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from typing import Any
 from urllib.parse import quote
@@ -60,7 +63,10 @@ KWARGS = (
     "on_unavailable",
     "fallback_kwargs",
     "source",
+    "local_ttl",
 )
+LOCAL_TTL = 5.0  # s; the default of `local_ttl`
+LOCAL_MAX_ENTRIES = 256  # answers kept per daemon address; the oldest is dropped past it
 
 
 class SidecarError(Exception):
@@ -98,6 +104,25 @@ def _path(kind: str, key: str, team: str | None) -> bytes:
     return path
 
 
+# The daemon's recent answers in this process, per address: (kind, key, team) -> (when, value or
+# None). Module-level, not per backend object: Airflow 3.0-3.2 build one per lookup. Reads take no
+# lock (one dict lookup); stores take `_store_lock`. A forked child starts with none, and with a
+# lock of its own: one held by a thread of its parent would never be released in it.
+_answers: dict[client.Address, dict[tuple[str, str, str | None], tuple[float, str | None]]] = {}
+_store_lock = threading.Lock()
+_clock = time.monotonic  # tests inject theirs
+
+
+def _forget_answers() -> None:
+    global _store_lock
+    for answers in _answers.values():
+        answers.clear()
+    _store_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_answers)
+
+
 def _busy_pause(retry_after: str | None) -> float:
     """Seconds to wait after a 429: its Retry-After (delta-seconds), else a short default."""
     try:
@@ -127,6 +152,12 @@ def _source(source: str | None) -> str:
     if source not in STORES:
         raise SidecarError(f"backend_kwargs 'source' must be 'secretsmanager' or 'ssm', got {source!r}")
     return source
+
+
+def _local_ttl(local_ttl: Any) -> float:
+    if isinstance(local_ttl, bool) or not isinstance(local_ttl, (int, float)) or not 0 <= local_ttl < math.inf:
+        raise SidecarError(f"backend_kwargs 'local_ttl' must be a number of seconds, 0 or more, got {local_ttl!r}")
+    return float(local_ttl)
 
 
 def _autostart(autostart: bool | str) -> bool | str:
@@ -175,10 +206,12 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         on_unavailable: str = "error",
         fallback_kwargs: dict[str, Any] | None = None,
         source: str | None = None,
+        local_ttl: float = LOCAL_TTL,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         _refuse_unknown(kwargs)
+        self.local_ttl = _local_ttl(local_ttl)
         self.on_unavailable = _on_unavailable(on_unavailable)
         self.source = _source(source)
         self.startup_wait = float(startup_wait)
@@ -193,6 +226,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         self.unix_socket = endpoint.unix_socket
         self.url = endpoint.url
         self._address: client.Address = endpoint.address
+        self._answers = _answers.setdefault(endpoint.address, {})
         self._where = endpoint.where
         self._token_file = endpoint.token_file  # re-read after a 401
         self._token = endpoint.token
@@ -228,6 +262,13 @@ class SidecarSecretsBackend(BaseSecretsBackend):
                 TEAM_SEP,
             )
             return None
+        if self.local_ttl:
+            held = self._answers.get((kind, key, team))
+            if held is not None:
+                if _clock() - held[0] < self.local_ttl:
+                    return held[1]
+                with _store_lock:  # its value leaves memory now, whatever the daemon answers
+                    self._answers.pop((kind, key, team), None)
         try:
             return self._ask(kind, key, team)
         except SidecarUnreachable:
@@ -241,9 +282,9 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         if status == 429 or status == 401:
             status, body = self._ask_again(path, status, body, retry_after)
         if status == 200:
-            return _decode(body.decode())["value"]
+            return self._keep(kind, key, team, _decode(body.decode())["value"])
         if status == 404:
-            return None
+            return self._keep(kind, key, team, None)
         try:
             message = json.loads(body).get("message", "")
         except ValueError:
@@ -260,6 +301,17 @@ class SidecarSecretsBackend(BaseSecretsBackend):
                 "or this backend's 'timeout'"
             )
         raise SidecarError(f"the sidecar at {self._where} answered {status} for {kind} {key!r}: {message}")
+
+    def _keep(self, kind: str, key: str, team: str | None, value: str | None) -> str | None:
+        """Keep the daemon's answer for `local_ttl`, and return it."""
+        if self.local_ttl:
+            answers = self._answers
+            with _store_lock:
+                answers.pop((kind, key, team), None)  # re-inserted last: the oldest goes first
+                if len(answers) >= LOCAL_MAX_ENTRIES:
+                    del answers[next(iter(answers))]
+                answers[kind, key, team] = (_clock(), value)
+        return value
 
     def _ask_again(self, path: bytes, status: int, body: bytes, retry_after: str | None) -> tuple[int, bytes]:
         """Ask again, within `timeout` in all, while the daemon is busy (429) or refuses a token

@@ -14,6 +14,15 @@ from tests.support import FAKE_AWS_ENV, TOKEN, AwsEmulator, FakeClock, make_sett
 os.environ.update(FAKE_AWS_ENV)  # before any test builds an AWS client
 
 
+@pytest.fixture(autouse=True)
+def no_answers_kept_from_other_tests() -> None:
+    """Daemons of different tests may listen on the same port: the backend's answers kept in this
+    process (`local_ttl`) are per address, and must not carry over."""
+    from sidecar.backend import _forget_answers
+
+    _forget_answers()
+
+
 @pytest.fixture(scope="session")
 def aws_server() -> Iterator[AwsEmulator]:
     server = AwsEmulator()

@@ -17,7 +17,7 @@ Loopback only; it stops by itself. Pieces:
   found by the listing's re-asking of misses, not by a miss expiring), max stale 600 s (an outage
   of the whole run is served stale), request timeout 3 s.
 - `--clients` Airflow-like processes (each builds `sidecar.backend.SidecarSecretsBackend` with
-  `url` and `token_file`, as Airflow would) loop until the end over present keys (60%), keys
+  `url` and `token_file`, as Airflow would, and `local_ttl` 0.5 s) loop until the end over present keys (60%), keys
   that never exist (15%), and keys created during the run (25%: half of them among the names
   created in the last 4 s or the next 1 s, so each is asked for before and after it exists,
   half among those created so far), every 20th request a raw `http.client` GET with
@@ -33,9 +33,10 @@ Loopback only; it stops by itself. Pieces:
   (warm-up), then throttle, slow (1.5 s per request), blackhole, down and 5xx in equal shares,
   then normal for the final recovery: a fifth of the run, at least B + 5 s.
 
-B = min(TTL, LAG + 1.1 x LIST_INTERVAL) + 1 s = 3.6 s: a rotation is served once a listing shows
-it (its lag, then the next listing, jittered up to 1.1 x the interval), or at the latest at
-expiry; the 1 s is for the listing, the batch and a loaded machine.
+B = min(TTL, LAG + 1.1 x LIST_INTERVAL) + LOCAL_TTL + 1 s = 4.1 s: a rotation is served once a
+listing shows it (its lag, then the next listing, jittered up to 1.1 x the interval), or at the
+latest at expiry, and a client's backend asks again once its answer is LOCAL_TTL old; the 1 s is
+for the listing, the batch and a loaded machine.
 
 Checks; any failure is printed and the exit status is 1:
 
@@ -48,7 +49,7 @@ Checks; any failure is printed and the exit status is 1:
    no older than the latest rotation started at or before t - B. This covers every key rotated
    before the recovery, and rotations during the final phase too.
 4. creations: an answer for a created key completing at t >= its creation + 1.1 x
-   LIST_INTERVAL + 1 s and t >= recovery + B is a 200 with its value; a 404 (or 503) then is
+   LIST_INTERVAL + LOCAL_TTL + 1 s and t >= recovery + B is a 200 with its value; a 404 (or 503) then is
    "created secret not served within the bound". The daemon asks AWS for a miss by name and
    asks the misses read since the last listing again after each listing, so the listing's lag
    does not delay a creation.
@@ -100,8 +101,9 @@ NEGATIVE_TTL = 10.0  # above the creation bound: created secrets are served by t
 LIST_INTERVAL = 1.0
 LAG = 1.5  # seconds ListSecrets lags behind AWS, the whole run
 SLACK = 1.0  # seconds beyond each bound: the listing, the batch, a loaded machine
-BOUND = min(TTL, LAG + 1.1 * LIST_INTERVAL) + SLACK  # B: a rotation is served within it
-CREATED_BOUND = 1.1 * LIST_INTERVAL + SLACK  # a creation is served within it, whatever the lag
+LOCAL_TTL = 0.5  # the clients' backends keep each answer this long: it adds to every bound
+BOUND = min(TTL, LAG + 1.1 * LIST_INTERVAL) + LOCAL_TTL + SLACK  # B: a rotation is served within it
+CREATED_BOUND = 1.1 * LIST_INTERVAL + LOCAL_TTL + SLACK  # a creation is served within it, whatever the lag
 DAEMON_SETTINGS = {
     "ttl": f"{TTL:g}",
     "negative_ttl": f"{NEGATIVE_TTL:g}",
@@ -168,7 +170,7 @@ def run_client(config_path: str) -> int:
     config = json.loads(Path(config_path).read_text(encoding="utf-8"))
     from sidecar.backend import SidecarError, SidecarSecretsBackend  # imports Airflow, as Airflow has
 
-    backend = SidecarSecretsBackend(url=config["url"], token_file=config["token_file"])
+    backend = SidecarSecretsBackend(url=config["url"], token_file=config["token_file"], local_ttl=LOCAL_TTL)
     token = Path(config["token_file"]).read_text(encoding="utf-8").strip()
     host, port = config["url"].removeprefix("http://").rsplit(":", 1)
     rng = random.Random(config["seed"])

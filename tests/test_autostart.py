@@ -90,7 +90,8 @@ def daemon_env(aws: AwsEmulator, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
 
 
 def _backend(run_dir: Path, **kwargs: Any) -> SidecarSecretsBackend:
-    return SidecarSecretsBackend(unix_socket=str(run_dir / "s.sock"), autostart=True, **kwargs)
+    """Each lookup asks the daemon (local_ttl 0): these tests are about which daemon answers."""
+    return SidecarSecretsBackend(unix_socket=str(run_dir / "s.sock"), autostart=True, local_ttl=0, **kwargs)
 
 
 def test_two_fresh_airflow_processes_race_and_share_one_daemon(aws, daemon_env, run_dir, tmp_path):

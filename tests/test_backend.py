@@ -326,7 +326,7 @@ def test_lookups_from_one_thread_share_one_connection(aws, start_daemon, relays)
 def test_each_thread_gets_its_own_connection(aws, start_daemon, relays):
     aws.put("airflow/variables/v", "x")
     relay = relays(start_daemon().port)
-    backend = SidecarSecretsBackend(url=relay.url, token=TOKEN)
+    backend = SidecarSecretsBackend(url=relay.url, token=TOKEN, local_ttl=0)
     assert backend.get_variable("v") == "x"
     threads = 4
     all_running = threading.Barrier(threads)
@@ -380,7 +380,7 @@ def test_a_forked_child_opens_its_own_connection(aws, start_daemon, relays):
 def test_a_connection_the_daemon_closed_is_replaced_once(aws, start_daemon, relays):
     aws.put("airflow/variables/v", "x")
     relay = relays(start_daemon().port)
-    backend = SidecarSecretsBackend(url=relay.url, token=TOKEN)
+    backend = SidecarSecretsBackend(url=relay.url, token=TOKEN, local_ttl=0)
     assert backend.get_variable("v") == "x"
 
     relay.cut_all()
@@ -392,7 +392,7 @@ def test_a_connection_the_daemon_closed_is_replaced_once(aws, start_daemon, rela
 def test_a_daemon_restarted_on_the_same_port_is_reached_again(aws, start_daemon):
     aws.put("airflow/variables/v", "x")
     first = start_daemon()
-    backend = SidecarSecretsBackend(url=first.url, token=TOKEN)
+    backend = SidecarSecretsBackend(url=first.url, token=TOKEN, local_ttl=0)
     assert backend.get_variable("v") == "x"
     first_port = client.connection_port(backend._address)
 
@@ -407,7 +407,7 @@ def test_a_daemon_restarted_on_the_same_port_is_reached_again(aws, start_daemon)
 def test_a_daemon_that_went_away_is_an_error_not_a_retry_loop(aws, start_daemon):
     aws.put("airflow/variables/v", "x")
     daemon = start_daemon()
-    backend = SidecarSecretsBackend(url=daemon.url, token=TOKEN)
+    backend = SidecarSecretsBackend(url=daemon.url, token=TOKEN, local_ttl=0)
     assert backend.get_variable("v") == "x"
 
     daemon.stop()
@@ -554,13 +554,14 @@ def test_a_rotated_token_file_works_at_the_very_next_lookup(aws, start_daemon, t
     token_file = str(tmp_path / "token")  # one file, mounted into the daemon and into Airflow
     _write_token(token_file, TOKEN)
     daemon = start_daemon(token_file=token_file)  # the daemon's real clock
-    running = SidecarSecretsBackend(url=daemon.url, token_file=token_file)
+    running = SidecarSecretsBackend(url=daemon.url, token_file=token_file, local_ttl=0)
     assert running.get_variable("v") == "x"
     rotated = "rotated-token-abcdefghijklmnop"
 
     _write_token(token_file, rotated)
 
-    fresh = SidecarSecretsBackend(url=daemon.url, token_file=token_file)  # a process started after the swap
+    # a process started after the swap
+    fresh = SidecarSecretsBackend(url=daemon.url, token_file=token_file, local_ttl=0)
     assert fresh.get_variable("v") == "x"  # offers the new token before the daemon's periodic re-read
     assert running.get_variable("v") == "x"  # offers the old one, is refused, reads the file again
     assert _status_with(daemon, TOKEN) == 401

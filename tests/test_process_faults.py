@@ -157,7 +157,7 @@ def test_a_daemon_killed_and_restarted_on_its_port_serves_the_same_backend_again
         aws.put(f"airflow/variables/{key}", value)
     port = free_port()
     first = daemons(port, aws.endpoint)
-    backend = SidecarSecretsBackend(url=first.url, token=TOKEN, timeout=5)
+    backend = SidecarSecretsBackend(url=first.url, token=TOKEN, timeout=5, local_ttl=0)
     threads = workers(3)
     for thread in threads:
         assert thread.submit(backend.get_variable, "k0").result(timeout=10) == "value-0"

@@ -238,8 +238,9 @@ def run(requests: int = REQUESTS, rounds: int = ROUNDS) -> dict[str, Any]:
         nginx() as nginx_port,
     ):
         daemon = tcp.port
-        over_tcp = SidecarSecretsBackend(url=tcp.url, token=TOKEN)
-        over_unix = SidecarSecretsBackend(unix_socket=unix.url[len("unix:") :], token=TOKEN)
+        # local_ttl 0: each lookup makes the round trip to the daemon, which is what S2 measures.
+        over_tcp = SidecarSecretsBackend(url=tcp.url, token=TOKEN, local_ttl=0)
+        over_unix = SidecarSecretsBackend(unix_socket=unix.url[len("unix:") :], token=TOKEN, local_ttl=0)
         contenders: dict[str, Client] = {
             "our backend -> daemon (TCP)": lambda: over_tcp.get_variable(KEY),
             "our backend -> daemon (Unix socket)": lambda: over_unix.get_variable(KEY),
