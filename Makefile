@@ -102,9 +102,11 @@ fleet: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.fleet
 
 # Each candidate TTL and listing interval: the simulated day and the fleet's steady state, beside
-# the bounds they give (tests/benchmarks/defaults.py), about 7 minutes on 2 cores.
+# the bounds they give (tests/benchmarks/defaults.py), about 7 minutes on 2 cores; then each
+# candidate local_ttl under a real `airflow dags test` (tests/benchmarks/local_ttl.py), 2 minutes.
 bench-defaults: $(VENV)/.dev-installed
 	$(BIN)/python -m tests.benchmarks.defaults
+	$(BIN)/python -m tests.benchmarks.local_ttl
 
 # The daemon as a process, Airflow-like clients, AWS flapping behind a fault layer (tests/soak.py).
 SOAK_SECONDS ?= 60

@@ -25,7 +25,7 @@ SECTIONS = {
     "s3_instructions",
     "s4_s5_capacity",
 }
-CONTENDERS = {"stock", "stock_use_cache", "aws_caching", "sidecar"}
+CONTENDERS = {"stock", "stock_use_cache", "aws_caching", "sidecar_round_trip", "sidecar"}
 
 
 def test_quick_benchmark_run(tmp_path: Path) -> None:
@@ -48,6 +48,7 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
         assert run["results"].keys() == CONTENDERS
         stock, sidecar = run["results"]["stock"], run["results"]["sidecar"]
         assert sum(sidecar["aws_calls"].values()) < sum(stock["aws_calls"].values())
+        assert run["targets"].keys() == {"existing", "missing"}
         # use_cache keeps found values only: each absent lookup still calls AWS
         assert run["results"]["stock_use_cache"]["aws_calls_per_lookup"] >= 0.5
 

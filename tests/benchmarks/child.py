@@ -25,6 +25,7 @@ from typing import Any  # noqa: E402
 BACKENDS = {
     "stock": ("airflow.providers.amazon.aws.secrets.secrets_manager", "SecretsManagerBackend"),
     "sidecar": ("sidecar.backend", "SidecarSecretsBackend"),
+    "sidecar_round_trip": ("sidecar.backend", "SidecarSecretsBackend"),  # with local_ttl 0
     "stock_use_cache": ("__main__", "AirflowUseCache"),
     "aws_caching": ("__main__", "AwsSecretsManagerCaching"),
 }

@@ -61,7 +61,7 @@ def run_child(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
 
 
 def warm_latency(
-    aws: SlowAwsEmulator, sidecar_url_kwargs: dict[str, str], env: dict[str, str], *, n_stock: int, n_sidecar: int
+    aws: SlowAwsEmulator, sidecar_url_kwargs: dict[str, Any], env: dict[str, str], *, n_stock: int, n_sidecar: int
 ) -> dict[str, Any]:
     """get_variable of a present and an absent key, timed call by call after a few warm-up calls."""
     secrets, lookups = fresh_process_workload()
@@ -73,7 +73,8 @@ def warm_latency(
         ("stock", stock_kwargs(aws), n_stock),
         ("stock_use_cache", stock_kwargs(aws), n_stock),  # an absent key still calls AWS every time
         ("aws_caching", stock_kwargs(aws), n_sidecar),
-        ("sidecar", sidecar_url_kwargs, n_sidecar),
+        ("sidecar_round_trip", {**sidecar_url_kwargs, "local_ttl": 0}, n_sidecar),  # every lookup asks the daemon
+        ("sidecar", sidecar_url_kwargs, n_sidecar),  # local_ttl at its default
     ):
         warmup = 3
         aws.clear_counts()
@@ -87,7 +88,7 @@ def warm_latency(
             "warmup": warmup,
         }
         result = run_child(spec, env)
-        calls = aws.snapshot("sidecar" if backend == "sidecar" else "stock")  # boto3 for the others
+        calls = aws.snapshot("sidecar" if backend.startswith("sidecar") else "stock")  # boto3 for the others
         lookups_done = 2 * (n + warmup)
         out[backend] = {
             "existing": summarize_us(result["existing"]),
