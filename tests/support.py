@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import re
 import socket
@@ -228,3 +229,21 @@ async def resolved(resolver: Any, kind: str, key: str) -> tuple[str | None, Any]
     result = resolver.resolve(kind, key)
     answer, status = result if isinstance(result, tuple) else await result
     return answer.value, status
+
+
+def _variable_into(backend: Any, key: str, results: Any) -> None:
+    try:
+        results.put(("ok", backend.get_variable(key)))
+    except Exception as exc:
+        results.put(("error", repr(exc)))
+
+
+def variable_in_forked_child(backend: Any, key: str) -> tuple[tuple[str, Any], int | None]:
+    """`backend.get_variable(key)` in a forked child: ("ok", value) or ("error", repr), and its exit code."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_variable_into, args=(backend, key, results))
+    child.start()
+    result = results.get(timeout=30)
+    child.join(timeout=30)
+    return result, child.exitcode

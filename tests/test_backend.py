@@ -10,7 +10,6 @@ import collections
 import contextlib
 import http.client
 import json
-import multiprocessing
 import os
 import re
 import shutil
@@ -31,7 +30,7 @@ from sidecar import client
 from sidecar.backend import TOKEN_RETRY_PAUSES, SidecarError, SidecarSecretsBackend
 from sidecar.daemon.http.token import TOKEN_MISMATCH_RECHECK_SECONDS, TOKEN_RECHECK_SECONDS
 from sidecar.daemon.settings import Settings
-from tests.support import TOKEN, AwsEmulator, DaemonThread, FakeClock, make_settings
+from tests.support import TOKEN, AwsEmulator, DaemonThread, FakeClock, make_settings, variable_in_forked_child
 
 
 class Sidecar:
@@ -350,28 +349,16 @@ def test_each_thread_gets_its_own_connection(aws, start_daemon, relays):
     assert relay.connections == 1 + threads  # the main thread still has its own
 
 
-def _lookup_in_child(backend: SidecarSecretsBackend, answers: Any) -> None:
-    try:
-        answers.put(("ok", backend.get_variable("v")))
-    except Exception as exc:
-        answers.put(("error", repr(exc)))
-
-
 def test_a_forked_child_opens_its_own_connection(aws, start_daemon, relays):
     aws.put("airflow/variables/v", "x")
     relay = relays(start_daemon().port)
     backend = SidecarSecretsBackend(url=relay.url, token=TOKEN)
     assert backend.get_variable("v") == "x"
-    context = multiprocessing.get_context("fork")
-    answers = context.Queue()
 
-    child = context.Process(target=_lookup_in_child, args=(backend, answers))
-    child.start()
-    answer = answers.get(timeout=30)
-    child.join(timeout=30)
+    answer, exitcode = variable_in_forked_child(backend, "v")
 
     assert answer == ("ok", "x")
-    assert child.exitcode == 0
+    assert exitcode == 0
     assert relay.connections == 2
     assert backend.get_variable("v") == "x"  # the parent's connection was left alone
     assert relay.connections == 2

@@ -6,7 +6,6 @@ backend's clock and the daemon's are injected, so lifetimes pass without waiting
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import backend as backend_module
 from sidecar.backend import LOCAL_TTL, SidecarError, SidecarSecretsBackend
-from tests.support import TOKEN, AwsEmulator, DaemonThread, FakeClock, make_settings
+from tests.support import TOKEN, AwsEmulator, DaemonThread, FakeClock, make_settings, variable_in_forked_child
 
 
 class Daemon:
@@ -173,13 +172,6 @@ def test_the_oldest_answer_goes_first_past_the_bound(aws, daemon, clock, monkeyp
     assert len(backend_module._answers[backend._address]) == 3
 
 
-def _in_child(backend: SidecarSecretsBackend, results: Any) -> None:
-    try:
-        results.put(("ok", backend.get_variable("v")))
-    except Exception as exc:
-        results.put(("error", repr(exc)))
-
-
 def test_a_forked_child_starts_with_no_answers(aws, daemon):
     aws.put("airflow/variables/v", "before")
     backend = _backend(daemon, local_ttl=3600)
@@ -187,15 +179,10 @@ def test_a_forked_child_starts_with_no_answers(aws, daemon):
     aws.client().put_secret_value(SecretId="airflow/variables/v", SecretString="after")
     daemon.clock.advance(1800)
 
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    child = context.Process(target=_in_child, args=(backend, results))
-    child.start()
-    result = results.get(timeout=30)
-    child.join(timeout=30)
+    result, exitcode = variable_in_forked_child(backend, "v")
 
     assert result == ("ok", "after")  # asked the daemon, which fetched the rotated value
-    assert child.exitcode == 0
+    assert exitcode == 0
     assert daemon.requests() == 2
     assert backend.get_variable("v") == "before"  # the parent keeps its own for its local_ttl
 
