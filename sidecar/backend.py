@@ -86,7 +86,6 @@ def _multi_team() -> bool:
     return conf.getboolean("core", "multi_team", fallback=False)
 
 
-_decode = json.JSONDecoder().decode
 _paths: dict[tuple[str, str, str | None], bytes] = {}  # (kind, key, team) -> the request's first bytes
 PATHS_MAX = 4096  # remembered; all dropped at once past it
 
@@ -282,7 +281,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         if status == 429 or status == 401:
             status, body = self._ask_again(path, status, body, retry_after)
         if status == 200:
-            return self._keep(kind, key, team, _decode(body.decode())["value"])
+            return self._keep(kind, key, team, json.loads(body.decode())["value"])
         if status == 404:
             return self._keep(kind, key, team, None)
         try:

@@ -184,16 +184,13 @@ def _tcp_address(url: str) -> tuple[str, int]:
 MAX_HEAD = 8192
 MAX_BODY = 16 * 1024 * 1024  # a secret is at most 64 KiB; JSON escaping cannot make it this large
 RECV = 65536
+CLOSED = "the sidecar closed the connection without an answer"
 
 _local = threading.local()
 
 
 class ProtocolError(Exception):
     """The daemon's answer is not the HTTP/1.1 this client speaks."""
-
-
-class _Closed(Exception):
-    """The daemon closed the connection before a whole response arrived."""
 
 
 def get(address: Address, request: bytes, timeout: float) -> tuple[int, bytes, str | None]:
@@ -217,12 +214,10 @@ def exchange(address: Address, request: bytes, timeout: float) -> tuple[int, byt
         except BlockingIOError:  # the kernel's send or receive timeout passed
             _drop(address)
             raise TimeoutError(f"the sidecar did not answer within {timeout:g}s") from None
-        except (OSError, _Closed) as exc:
+        except OSError as exc:  # a closed connection too (ConnectionResetError)
             _drop(address)
             if reused and attempt == 1 and not isinstance(exc, TimeoutError):
                 continue
-            if isinstance(exc, _Closed):
-                raise ConnectionResetError("the sidecar closed the connection without an answer") from None
             raise
         except ProtocolError:
             _drop(address)
@@ -305,14 +300,14 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes, str | None, bytes |
             raise ProtocolError(f"a response head over {MAX_HEAD} bytes")
         more = sock.recv(RECV)
         if not more:
-            raise _Closed
+            raise ConnectionResetError(CLOSED)
         data += more
     status, length, retry_after, cache, close = _parse_head(data[:end])
     body = data[end + 4 :]
     while len(body) < length:
         more = sock.recv(max(RECV, length - len(body)))
         if not more:
-            raise _Closed
+            raise ConnectionResetError(CLOSED)
         body += more
     if len(body) > length:
         raise ProtocolError("more bytes than its Content-Length")
