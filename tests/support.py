@@ -247,3 +247,19 @@ def variable_in_forked_child(backend: Any, key: str) -> tuple[tuple[str, Any], i
     result = results.get(timeout=30)
     child.join(timeout=30)
     return result, child.exitcode
+
+
+def served_requests(sidecar_url: str) -> dict[tuple[str, str], float]:
+    """/v1 requests the daemon answered, by (kind, status), from its /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{sidecar_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.labels["kind"], sample.labels["status"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "sidecar_request_seconds_count"
+    }

@@ -11,12 +11,9 @@ import hashlib
 import json
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.support import TOKEN, AwsEmulator, DaemonThread, airflow_env, make_settings
+from tests.support import TOKEN, AwsEmulator, DaemonThread, airflow_env, make_settings, served_requests
 
 REPO = Path(__file__).resolve().parents[1]
 AIRFLOW = Path(sys.executable).with_name("airflow")  # the CLI of the environment running the tests
@@ -89,18 +86,6 @@ def airflow(home: Path, sidecar_url: str, *args: str) -> subprocess.CompletedPro
         AIRFLOW__SECRETS__BACKEND_KWARGS=json.dumps({"url": sidecar_url, "token": TOKEN}),
     )
     return subprocess.run([str(AIRFLOW), *args], env=env, cwd=home, capture_output=True, text=True, timeout=180)
-
-
-def served_requests(sidecar_url: str) -> dict[tuple[str, str], float]:
-    """/v1 requests the daemon answered, by (kind, status), from its /metrics."""
-    with urllib.request.urlopen(f"{sidecar_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.labels["kind"], sample.labels["status"]): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "sidecar_request_seconds_count"
-    }
 
 
 def test_dags_test_reads_variables_and_connections_through_the_sidecar(aws: AwsEmulator, tmp_path: Path) -> None:

@@ -11,11 +11,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar import backend as backend_module
 from sidecar.backend import LOCAL_TTL, SidecarError, SidecarSecretsBackend
-from tests.support import TOKEN, AwsEmulator, DaemonThread, FakeClock, make_settings, variable_in_forked_child
+from tests.support import (
+    TOKEN,
+    AwsEmulator,
+    DaemonThread,
+    FakeClock,
+    make_settings,
+    served_requests,
+    variable_in_forked_child,
+)
 
 
 class Daemon:
@@ -28,15 +35,7 @@ class Daemon:
         self.url = self._thread.daemon.url
 
     def requests(self) -> int:
-        text = self._thread.daemon.metrics.render().decode()
-        return int(
-            sum(
-                sample.value
-                for family in text_string_to_metric_families(text)
-                for sample in family.samples
-                if sample.name == "sidecar_request_seconds_count"
-            )
-        )
+        return int(sum(served_requests(self.url).values()))
 
     def stop(self) -> None:
         self._thread.__exit__()

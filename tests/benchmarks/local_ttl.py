@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.benchmarks.report import table
-from tests.support import FAKE_AWS_ENV, TOKEN, AwsEmulator, DaemonThread, airflow_env, make_settings
-from tests.test_dag import AIRFLOW, BATCH_SIZE, DAG_FILE, DAG_ID, MARKER, OWNER, WAREHOUSE_URI, served_requests
+from tests.support import FAKE_AWS_ENV, TOKEN, AwsEmulator, DaemonThread, airflow_env, make_settings, served_requests
+from tests.test_dag import AIRFLOW, BATCH_SIZE, DAG_FILE, DAG_ID, MARKER, OWNER, WAREHOUSE_URI
 
 CANDIDATES = (0, 1, 5, 30)  # s
 DEFAULT_OUTPUT = Path(__file__).with_name("results") / "local_ttl.json"

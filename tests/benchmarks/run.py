@@ -246,7 +246,7 @@ def warm_table(run: dict[str, Any]) -> str:
         for backend, name in CONTENDERS.items()
     ]
     stock, sidecar = results["stock"], results["sidecar"]
-    targets = warm_targets(results)
+    targets = run["targets"]
     for case, label in (("existing", "present"), ("missing", "absent")):
         ratio = stock[case]["p50_us"] / sidecar[case]["p50_us"]
         notes.append(f"p50, {label} key: the sidecar answers {ratio:,.0f}x faster than the stock backend")
@@ -443,7 +443,7 @@ def markdown_summary(report: dict[str, Any]) -> str:
     )
     warm = report["warm_latency"][0]
     for case, label in (("existing", "present"), ("missing", "absent")):
-        target = warm_targets(warm["results"])[case]
+        target = warm["targets"][case]
         row(
             f"warm get_variable p50, {label} key: sidecar / fastest peer ({target['fastest_peer']})",
             f"{target['over_fastest_peer']:.2f}",
