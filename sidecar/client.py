@@ -169,8 +169,8 @@ def _listen_url(environ: Mapping[str, str]) -> str:
 
 
 def _tcp_address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)  # ValueError: an unclosed IPv6 bracket
         port = parts.port  # ValueError: not a number, or out of range
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError

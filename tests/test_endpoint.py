@@ -201,7 +201,9 @@ def test_the_backend_and_the_cli_find_the_daemon_by_one_rule(monkeypatch, explic
     assert client.locate(**explicit, daemon_settings=True).address == cli_address  # what `probe` asks
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:2779", "https://127.0.0.1:2779", "http://", "http://h:port"])
+@pytest.mark.parametrize(
+    "url", ["127.0.0.1:2779", "https://127.0.0.1:2779", "http://", "http://h:port", "http://[::1", "http://h:99999"]
+)
 def test_a_url_that_is_not_plain_http_is_named_by_the_backend_and_the_cli(monkeypatch, capsys, url):
     _clean_environment(monkeypatch, SIDECAR_TOKEN=TOKEN)
     with pytest.raises(SidecarError, match=re.escape("backend_kwargs 'url' must look like http://127.0.0.1:2779")):
