@@ -30,8 +30,8 @@ import sys
 import time
 from collections.abc import Iterator
 
+from sidecar import TOKEN_ENV, TOKEN_FILE_ENV
 from sidecar.client import Endpoint, token_path
-from sidecar.protocol import TOKEN_ENV, TOKEN_FILE_ENV
 
 # The Astro recipe's virtualenv: the daemon's dependencies stay out of Airflow's environment.
 RECIPE_VENV = "/opt/airflow-secrets-sidecar"

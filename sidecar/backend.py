@@ -40,8 +40,7 @@ try:
 except ImportError:  # a worker with only the Task SDK installed
     from airflow.sdk.bases.secrets_backend import BaseSecretsBackend  # type: ignore[no-redef]
 
-from sidecar import client
-from sidecar.protocol import SECRETSMANAGER, SOURCE_ENV, STORES, TEAM_SEP
+from sidecar import SECRETSMANAGER, SOURCE_ENV, STORES, TEAM_SEP, client
 
 log = logging.getLogger(__name__)
 

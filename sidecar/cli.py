@@ -12,11 +12,10 @@ import time
 from collections.abc import Sequence
 from urllib.parse import quote
 
-from sidecar import __version__, client
+from sidecar import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, KINDS, __version__, client
 from sidecar.client import Endpoint, EndpointError, TokenFileError, locate, resolve
 from sidecar.daemon.logs import setup_logging
 from sidecar.daemon.settings import DEFAULTS, ConfigError, Settings, load_settings
-from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, KINDS
 
 log = logging.getLogger("sidecar")
 

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from sidecar.protocol import (
+from sidecar import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_URL,
@@ -193,12 +193,6 @@ class ProtocolError(Exception):
     """The daemon's answer is not the HTTP/1.1 this client speaks."""
 
 
-def get(address: Address, request: bytes, timeout: float) -> tuple[int, bytes, str | None]:
-    """Send `request` (a whole GET) and return the status, the body and any Retry-After (see `exchange`)."""
-    status, body, retry_after, _ = exchange(address, request, timeout)
-    return status, body, retry_after
-
-
 def exchange(address: Address, request: bytes, timeout: float) -> tuple[int, bytes, str | None, bytes | None]:
     """Send `request` (a whole GET) and return the status, the body, any Retry-After, and any X-Cache
     as sent (bytes, unstripped: only the CLI shows it).
@@ -232,12 +226,6 @@ def request_tail(token: str) -> bytes:
     """What follows `GET <path>` in a request to the daemon: the version, Host, the token if any."""
     header = f"{TOKEN_HEADER}: {token}\r\n" if token else ""
     return f" HTTP/1.1\r\nHost: localhost\r\n{header}\r\n".encode()
-
-
-def connection_port(address: Address) -> int | None:
-    """The local port of this thread's connection to `address` (None: none open); for tests."""
-    sock, _ = _connections().get(address, (None, None))
-    return sock.getsockname()[1] if sock is not None and isinstance(address, tuple) else None
 
 
 def _connections() -> dict[Address, tuple[socket.socket, float]]:

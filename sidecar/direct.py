@@ -13,7 +13,7 @@ import logging
 import os
 from typing import Any
 
-from sidecar.protocol import BACKEND_KWARGS_ENV, CONFIG, SECRETSMANAGER, SSM, VARIABLES
+from sidecar import BACKEND_KWARGS_ENV, CONFIG, SECRETSMANAGER, SSM, VARIABLES
 
 # The backend's logger: this fallback is the backend's behaviour, and its users filter that name.
 log = logging.getLogger("sidecar.backend")

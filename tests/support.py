@@ -263,3 +263,11 @@ def served_requests(sidecar_url: str) -> dict[tuple[str, str], float]:
         for sample in family.samples
         if sample.name == "sidecar_request_seconds_count"
     }
+
+
+def connection_port(address: tuple[str, int]) -> int | None:
+    """The local port of this thread's kept-alive connection to `address` (None: none open)."""
+    from sidecar import client
+
+    sock, _ = client._connections().get(address, (None, None))
+    return sock.getsockname()[1] if sock is not None else None

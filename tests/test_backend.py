@@ -30,7 +30,15 @@ from sidecar import client
 from sidecar.backend import TOKEN_RETRY_PAUSES, SidecarError, SidecarSecretsBackend
 from sidecar.daemon.http.token import TOKEN_MISMATCH_RECHECK_SECONDS, TOKEN_RECHECK_SECONDS
 from sidecar.daemon.settings import Settings
-from tests.support import TOKEN, AwsEmulator, DaemonThread, FakeClock, make_settings, variable_in_forked_child
+from tests.support import (
+    TOKEN,
+    AwsEmulator,
+    DaemonThread,
+    FakeClock,
+    connection_port,
+    make_settings,
+    variable_in_forked_child,
+)
 
 
 class Sidecar:
@@ -316,7 +324,7 @@ def test_lookups_from_one_thread_share_one_connection(aws, start_daemon, relays)
     for _ in range(50):
         assert backend.get_variable("v") == "x"
         assert backend.get_variable("absent") is None  # a 404 keeps the connection too
-        local_ports.add(client.connection_port(backend._address))
+        local_ports.add(connection_port(backend._address))
 
     assert relay.connections == 1
     assert local_ports == set(relay.client_ports)
@@ -381,14 +389,14 @@ def test_a_daemon_restarted_on_the_same_port_is_reached_again(aws, start_daemon)
     first = start_daemon()
     backend = SidecarSecretsBackend(url=first.url, token=TOKEN, local_ttl=0)
     assert backend.get_variable("v") == "x"
-    first_port = client.connection_port(backend._address)
+    first_port = connection_port(backend._address)
 
     first.stop()
     second = start_daemon(port=first.port)
 
     assert second.url == first.url
     assert backend.get_variable("v") == "x"
-    assert client.connection_port(backend._address) != first_port
+    assert connection_port(backend._address) != first_port
 
 
 def test_a_daemon_that_went_away_is_an_error_not_a_retry_loop(aws, start_daemon):

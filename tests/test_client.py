@@ -60,6 +60,11 @@ def serve() -> Iterator[type[RawServer]]:
         server.close()
 
 
+def get(address: tuple[str, int], request: bytes, timeout: float) -> tuple[int, bytes, str | None]:
+    """Status, body and Retry-After of one exchange (its X-Cache is only the CLI's)."""
+    return client.exchange(address, request, timeout)[:3]
+
+
 def ok(body: bytes, *headers: bytes) -> bytes:
     extra = b"".join(header + b"\r\n" for header in headers)
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
@@ -67,17 +72,17 @@ def ok(body: bytes, *headers: bytes) -> bytes:
 
 def test_a_kept_alive_connection_serves_many_answers(serve):
     server = serve([ok(b"one"), ok(b"two", b"Retry-After: 3"), ok(b"x" * 200_000)])
-    assert client.get(server.address, REQUEST, 5) == (200, b"one", None)
-    assert client.get(server.address, REQUEST, 5) == (200, b"two", "3")
-    assert client.get(server.address, REQUEST, 5) == (200, b"x" * 200_000, None)  # over many reads
+    assert get(server.address, REQUEST, 5) == (200, b"one", None)
+    assert get(server.address, REQUEST, 5) == (200, b"two", "3")
+    assert get(server.address, REQUEST, 5) == (200, b"x" * 200_000, None)  # over many reads
     assert server.connections == 1
 
 
 def test_connection_close_is_honoured_and_a_closed_idle_connection_replaced_once(serve):
     server = serve([ok(b"a", b"Connection: close"), ok(b"b"), None, ok(b"c")])
-    assert client.get(server.address, REQUEST, 5)[1] == b"a"
-    assert client.get(server.address, REQUEST, 5)[1] == b"b"  # a new connection
-    assert client.get(server.address, REQUEST, 5)[1] == b"c"  # the server closed it: one retry
+    assert get(server.address, REQUEST, 5)[1] == b"a"
+    assert get(server.address, REQUEST, 5)[1] == b"b"  # a new connection
+    assert get(server.address, REQUEST, 5)[1] == b"c"  # the server closed it: one retry
     assert server.connections == 3
 
 
@@ -98,8 +103,8 @@ def test_connection_close_is_honoured_and_a_closed_idle_connection_replaced_once
 def test_anything_but_our_framing_is_a_clear_error(serve, answer, error):
     server = serve([answer, ok(b"fine")])
     with pytest.raises(client.ProtocolError, match=error):
-        client.get(server.address, REQUEST, 5)
-    assert client.get(server.address, REQUEST, 5)[1] == b"fine"  # on a new connection
+        get(server.address, REQUEST, 5)
+    assert get(server.address, REQUEST, 5)[1] == b"fine"  # on a new connection
     assert server.connections == 2
 
 
@@ -114,7 +119,7 @@ def test_a_connection_closed_mid_answer_is_an_os_error():
 
     threading.Thread(target=answer_part_then_close, daemon=True).start()
     with listener, pytest.raises(ConnectionResetError, match="closed the connection"):
-        client.get(listener.getsockname()[:2], REQUEST, 5)
+        get(listener.getsockname()[:2], REQUEST, 5)
 
 
 def test_a_silent_daemon_times_out(serve):
@@ -123,7 +128,7 @@ def test_a_silent_daemon_times_out(serve):
 
     def ask() -> None:
         try:
-            client.get(listener.getsockname()[:2], REQUEST, 0.2)
+            get(listener.getsockname()[:2], REQUEST, 0.2)
             raised.put(None)
         except BaseException as exc:
             raised.put(exc)

@@ -277,7 +277,7 @@ async def test_the_connection_limit_refuses_new_connections_and_keeps_serving_ad
 def test_docs_list_every_error_code_with_its_status():
     from pathlib import Path
 
-    from sidecar.protocol import ERRORS
+    from sidecar import ERRORS
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "http-api.md").read_text()
     documented = set(re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", text, re.MULTILINE))

@@ -16,7 +16,6 @@ AIRFLOW_SIDE = (
     "sidecar.backend",
     "sidecar.client",
     "sidecar.direct",
-    "sidecar.protocol",
 )
 
 

@@ -21,15 +21,12 @@ from typing import IO, Any
 
 import pytest
 
-from sidecar import client
 from sidecar.backend import SidecarError, SidecarSecretsBackend, SidecarUnreachable
 from sidecar.daemon.lifecycle import SHUTDOWN_GRACE
-from tests.support import FAKE_AWS_ENV, REGION, REPO, TOKEN, AwsEmulator, free_port, refused
+from tests.support import FAKE_AWS_ENV, REGION, REPO, TOKEN, AwsEmulator, connection_port, free_port, refused
 
 STARTUP_TIMEOUT = 20.0
 EXIT_TIMEOUT = 20.0
-
-
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -162,7 +159,7 @@ def test_a_daemon_killed_and_restarted_on_its_port_serves_the_same_backend_again
     for thread in threads:
         assert thread.submit(backend.get_variable, "k0").result(timeout=10) == "value-0"
     assert backend.get_variable("k0") == "value-0"
-    kept = [thread.submit(client.connection_port, backend._address).result(timeout=10) for thread in threads]
+    kept = [thread.submit(connection_port, backend._address).result(timeout=10) for thread in threads]
     assert all(port is not None for port in kept)  # kept alive
 
     first.popen.kill()

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from sidecar import DEFAULT_HOST, DEFAULT_PORT, KINDS, SECRETSMANAGER, SSM, STORES
 from sidecar.daemon.lookup.connections import CONN_WORDS
-from sidecar.protocol import DEFAULT_HOST, DEFAULT_PORT, KINDS, SECRETSMANAGER, SSM, STORES
 
 SOURCES = STORES
 

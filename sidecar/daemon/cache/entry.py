@@ -15,8 +15,8 @@ from typing import Any
 
 from cachetools import TLRUCache
 
+from sidecar import X_CACHE_HIT, X_CACHE_MISS, X_CACHE_STALE
 from sidecar.daemon.sources import UpstreamError
-from sidecar.protocol import X_CACHE_HIT, X_CACHE_MISS, X_CACHE_STALE
 
 Answer = str | None
 

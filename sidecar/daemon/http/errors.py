@@ -12,11 +12,11 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from sidecar import ERRORS
 from sidecar.daemon.lookup.connections import InvalidSecret
 from sidecar.daemon.lookup.names import InvalidTeam
 from sidecar.daemon.settings import Settings
 from sidecar.daemon.sources import UpstreamError
-from sidecar.protocol import ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.hdrs import CONTENT_TYPE
 from multidict import CIMultiDict, istr
 
+from sidecar import CONFIG, CONNECTIONS, HEALTHZ, KINDS, LOOKUP_PATH, METRICS, READYZ, VARIABLES, X_CACHE
 from sidecar.daemon.cache import Status
 from sidecar.daemon.catalog.warmup import Readiness
 from sidecar.daemon.http import guards
@@ -26,7 +27,6 @@ from sidecar.daemon.http.token import Token
 from sidecar.daemon.lookup.resolve import Answer, Resolved, Resolver
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.settings import Settings
-from sidecar.protocol import CONFIG, CONNECTIONS, HEALTHZ, KINDS, LOOKUP_PATH, METRICS, READYZ, VARIABLES, X_CACHE
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from aiohttp import web
 from multidict import istr
 
+from sidecar import TOKEN_HEADER
 from sidecar.daemon.http.errors import error
 from sidecar.daemon.settings import ConfigError, Settings, read_token_file
-from sidecar.protocol import TOKEN_HEADER
 
 log = logging.getLogger(__name__)
 

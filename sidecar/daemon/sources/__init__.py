@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sidecar import SECRETSMANAGER, SSM
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.settings import Settings
 from sidecar.daemon.sources.aws import Caller, UpstreamError, open_client
@@ -21,7 +22,6 @@ from sidecar.daemon.sources.base import Listed, Source
 from sidecar.daemon.sources.quotas import RateLimits
 from sidecar.daemon.sources.secretsmanager import SecretsManagerSource
 from sidecar.daemon.sources.ssm import ParameterStoreSource
-from sidecar.protocol import SECRETSMANAGER, SSM
 
 __all__ = ["Listed", "Source", "UpstreamError", "open_source"]
 
