@@ -173,9 +173,9 @@ def _endpoint(
     """sidecar.client's one answer, its errors named after these kwargs."""
     try:
         endpoint = client.resolve(url, unix_socket, token, token_file, autostart=autostart)
-    except client.TokenFileError as exc:
+    except OSError as exc:
         raise _token_file_error(exc) from None
-    except client.EndpointError as exc:
+    except ValueError as exc:
         raise SidecarError(f"backend_kwargs 'url' {exc}") from None
     if autostart and endpoint.unix_socket is None:
         raise SidecarError(
@@ -185,8 +185,10 @@ def _endpoint(
     return endpoint
 
 
-def _token_file_error(exc: client.TokenFileError) -> SidecarError:
-    return SidecarError(f"cannot read the sidecar token file {exc.path!r} (backend_kwargs 'token_file'): {exc.reason}")
+def _token_file_error(exc: OSError) -> SidecarError:
+    return SidecarError(
+        f"cannot read the sidecar token file {exc.filename!r} (backend_kwargs 'token_file'): {exc.strerror}"
+    )
 
 
 class SidecarSecretsBackend(BaseSecretsBackend):
@@ -408,5 +410,5 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         assert self._token_file
         try:
             return client.read_token_file(self._token_file)
-        except client.TokenFileError as exc:
+        except OSError as exc:
             raise _token_file_error(exc) from None

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from urllib.parse import quote
 
 from sidecar import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, KINDS, __version__, client
-from sidecar.client import Endpoint, EndpointError, TokenFileError, locate, resolve
+from sidecar.client import Endpoint, locate, resolve
 from sidecar.daemon.logs import setup_logging
 from sidecar.daemon.settings import DEFAULTS, ConfigError, Settings, load_settings
 
@@ -215,7 +215,7 @@ def _probe(path: str) -> int:
     """Exit 0 when the local daemon answers `path` with 200; else say why on stderr."""
     try:
         endpoint = locate(daemon_settings=True)  # no token: /healthz and /readyz need none
-    except EndpointError as exc:
+    except ValueError as exc:
         print(f"{path}: {_address_error(exc)}", file=sys.stderr)
         return 1
     try:
@@ -228,7 +228,7 @@ def _probe(path: str) -> int:
     return 0 if status == 200 else 1
 
 
-def _address_error(exc: EndpointError) -> str:
+def _address_error(exc: ValueError) -> str:
     return f"the sidecar's address (--url, SIDECAR_URL, or SIDECAR_HOST and SIDECAR_PORT) {exc}"
 
 
@@ -236,9 +236,9 @@ def _get_endpoint(args: argparse.Namespace) -> Endpoint | None:
     """The endpoint and token `get` asks with, as the backend resolves them; None after saying why."""
     try:
         return resolve(args.url, args.unix_socket, daemon_settings=True)
-    except TokenFileError as exc:
-        print(f"cannot read the sidecar token file {exc.path!r}: {exc.reason}", file=sys.stderr)
-    except EndpointError as exc:
+    except OSError as exc:
+        print(f"cannot read the sidecar token file {exc.filename!r}: {exc.strerror}", file=sys.stderr)
+    except ValueError as exc:
         print(_address_error(exc), file=sys.stderr)
     return None
 

@@ -28,6 +28,7 @@ and address, kept at module level: Airflow versions that build a new backend obj
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -52,18 +53,6 @@ from sidecar import (
 
 # (host, port) for TCP, a path for a Unix socket.
 Address = tuple[str, int] | str
-
-
-class EndpointError(ValueError):
-    """The settings name no address the daemon could listen on; the message says what they name."""
-
-
-class TokenFileError(ValueError):
-    """The token file cannot be read: `path`, and why (`reason`)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"cannot read the token file {path!r}: {reason}")
-        self.path, self.reason = path, reason
 
 
 class Endpoint:
@@ -104,7 +93,8 @@ def resolve(
     environ: Mapping[str, str] = os.environ,
 ) -> Endpoint:
     """The endpoint and its token, read now. With `autostart`, a token file that does not exist yet
-    is left to read after the start. Raises EndpointError (the address), TokenFileError."""
+    is left to read after the start. Raises ValueError for an address the daemon could not listen
+    on, OSError for a token file that cannot be read (see `read_token_file`)."""
     endpoint = locate(url, unix_socket, daemon_settings=daemon_settings, environ=environ)
     token_file, token = token_source(token, token_file, endpoint.unix_socket, autostart=autostart, environ=environ)
     if token_file and not (autostart and not os.path.exists(token_file)):
@@ -152,11 +142,14 @@ def token_source(
 
 
 def read_token_file(path: str) -> str:
+    """The token in `path`. Raises OSError, whose `filename` and `strerror` say which file and why
+    (as open's own do)."""
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read().strip()
-    except OSError as exc:
-        raise TokenFileError(path, exc.strerror or str(exc)) from None
+    except ValueError as exc:  # a NUL in the path, or bytes that are not UTF-8
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise OSError(errno.EINVAL, reason, path) from None
 
 
 def token_path(unix_socket: str) -> str:
@@ -175,7 +168,7 @@ def _tcp_address(url: str) -> tuple[str, int]:
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError
     except ValueError:
-        raise EndpointError(f"must look like {DEFAULT_URL}, got {url!r}") from None
+        raise ValueError(f"must look like {DEFAULT_URL}, got {url!r}") from None
     return parts.hostname, port or 80
 
 

@@ -213,13 +213,40 @@ def test_a_url_that_is_not_plain_http_is_named_by_the_backend_and_the_cli(monkey
     assert repr(url) in capsys.readouterr().err
 
 
-def test_get_names_a_token_file_it_cannot_read(monkeypatch, capsys, tmp_path):
-    missing = str(tmp_path / "no-such-token")
-    _clean_environment(monkeypatch, SIDECAR_TOKEN_FILE=missing, SIDECAR_TOKEN=TOKEN)
+def _unreadable_token_file(tmp_path: Path, what: str) -> tuple[str, str]:
+    """The path of a token file that cannot be read, and the reason an error must give."""
+    if what == "missing":
+        return str(tmp_path / "no-such-token"), "No such file"
+    if what == "a directory":
+        return str(tmp_path), "Is a directory"
+    if what == "not UTF-8":
+        (tmp_path / "token").write_bytes(b"\xff\xfe" + TOKEN.encode())
+        return str(tmp_path / "token"), "not UTF-8 text"
+    raise AssertionError(what)
 
+
+@pytest.mark.parametrize("what", ["missing", "a directory", "not UTF-8"])
+def test_the_backend_and_get_name_a_token_file_they_cannot_read(monkeypatch, capsys, tmp_path, what):
+    path, reason = _unreadable_token_file(tmp_path, what)
+    _clean_environment(monkeypatch, SIDECAR_TOKEN=TOKEN)
+    with pytest.raises(SidecarError, match=re.escape(f"cannot read the sidecar token file {path!r}")) as raised:
+        SidecarSecretsBackend(token_file=path)
+    assert "backend_kwargs 'token_file'" in str(raised.value) and reason in str(raised.value)
+
+    monkeypatch.setenv("SIDECAR_TOKEN_FILE", path)
     assert cli.main(["get", "variables", "v"]) == 2
     err = capsys.readouterr().err
-    assert "cannot read the sidecar token file" in err and missing in err and TOKEN not in err
+    assert "cannot read the sidecar token file" in err and repr(path) in err and TOKEN not in err
+    assert reason in err
+
+
+def test_a_token_file_path_with_a_nul_is_named_by_the_backend(monkeypatch, tmp_path):
+    """Only the backend's kwargs can hold one: the environment cannot."""
+    path = str(tmp_path / "to\0ken")
+    _clean_environment(monkeypatch)
+    with pytest.raises(SidecarError, match=re.escape(f"cannot read the sidecar token file {path!r}")) as raised:
+        SidecarSecretsBackend(token_file=path)
+    assert "embedded null byte" in str(raised.value)
 
 
 def test_probe_needs_no_token_and_get_reads_the_daemons_port(aws, monkeypatch, capsys, tmp_path):
