@@ -91,10 +91,12 @@ test-helm: $(VENV)/.helm-installed
 	SIDECAR_TEST_HELM_DIR=$(HELM_DIR) $(BIN)/python -m pytest -p no:cacheprovider -s tests/helm/chart_checks.py
 
 # The stock backend, the contenders and the floors side by side (tests/benchmarks/run.py), about
-# 8 minutes; tests/benchmarks/prepare.sh installs wrk and nginx-light on Debian as root.
+# 8 minutes; tests/benchmarks/prepare.sh installs wrk and nginx-light on Debian as root. Then what
+# importing each backend costs an Airflow process (tests/benchmarks/import_time.py), 2 minutes.
 bench: $(VENV)/.dev-installed
 	tests/benchmarks/prepare.sh
 	$(BIN)/python -m tests.benchmarks.run
+	$(BIN)/python -m tests.benchmarks.import_time
 
 # A thousand daemons on a simulated clock against AWS's per-API quotas (tests/fleet.py), about 4
 # minutes on 2 cores; its fast form runs in make test (tests/test_fleet.py).
