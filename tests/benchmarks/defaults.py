@@ -19,7 +19,6 @@ from tests.benchmarks.sidecar_process import aws_env
 os.environ.update(aws_env())  # before anything looks for credentials: nothing here may reach AWS
 
 import argparse
-import json
 import logging
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -28,7 +27,7 @@ from typing import Any
 
 from tests import fleet
 from tests.benchmarks.emulator import SlowAwsEmulator
-from tests.benchmarks.report import table
+from tests.benchmarks.report import table, write_figures
 from tests.benchmarks.scenarios import calls_per_day
 
 CANDIDATES = [(300, 300), (900, 300), (1800, 300), (3600, 300), (3600, 600)]  # (TTL, listing interval), s
@@ -133,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator would log every request
     results = measure(args.quick)
     print(render(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"figures written to {args.output}")
+    write_figures(results, args.output)
     wrong = sum(r["fleet"]["wrong_answers"] for r in results)
     return 1 if wrong else 0
 

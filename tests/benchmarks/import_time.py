@@ -14,7 +14,6 @@ tree, from each `--rev` (its `sidecar/` exported with `git archive`), and the st
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -23,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks.report import median, table, turn
+from tests.benchmarks.report import median, table, turn, write_figures
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT = Path(__file__).with_name("results") / "import_time.json"
@@ -118,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be 1 or more")
     results = measure(args.rev, args.runs)
     print(render(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"figures written to {args.output}")
+    write_figures(results, args.output)
     return 0
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.benchmarks.report import table
+from tests.benchmarks.report import table, write_figures
 from tests.support import FAKE_AWS_ENV, TOKEN, AwsEmulator, DaemonThread, airflow_env, make_settings, served_requests
 from tests.test_dag import AIRFLOW, BATCH_SIZE, DAG_FILE, DAG_ID, MARKER, OWNER, WAREHOUSE_URI
 
@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator would log every request
     results = measure()
     print(render(results))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"figures written to {args.output}")
+    write_figures(results, args.output)
     return 0
 
 

@@ -71,6 +71,13 @@ def section_parser(module: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def write_figures(figures: Any, output: Path) -> None:
+    """Write a run's figures to `output` as JSON, and say where."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    print(f"figures written to {output}")
+
+
 def emit(result: dict[str, Any], render: Callable[[dict[str, Any]], str], output: Path | None) -> int:
     """Print a section's tables and write its figures to `output` if given."""
     print(render(result))
