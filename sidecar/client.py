@@ -147,9 +147,12 @@ def read_token_file(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read().strip()
-    except ValueError as exc:  # a NUL in the path, or bytes that are not UTF-8
-        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc)
-        raise OSError(errno.EINVAL, reason, path) from None
+    except UnicodeDecodeError:
+        reason = "not UTF-8 text"
+    except ValueError as exc:  # a NUL in the path
+        reason = str(exc)
+    # Raised here, not in an except clause: the decoding error holds the file's bytes, the token.
+    raise OSError(errno.EINVAL, reason, path)
 
 
 def token_path(unix_socket: str) -> str:

@@ -271,3 +271,12 @@ def connection_port(address: tuple[str, int]) -> int | None:
 
     sock, _ = client._connections().get(address, (None, None))
     return sock.getsockname()[1] if sock is not None else None
+
+
+def exception_chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and every exception it holds as a cause or a context, shown in a traceback or not."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return chain

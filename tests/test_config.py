@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sidecar.daemon.settings import ConfigError, KindRule, Settings, load_settings, parse_backend_kwargs
-from tests.support import TOKEN
+from tests.support import TOKEN, exception_chain
 
 FAKE_SECRET = "AKIAXXXSECRET"
 
@@ -573,6 +573,17 @@ def test_an_unreadable_token_file_names_the_path(tmp_path):
     message = config_error(token_file=str(binary))
     assert repr(str(binary)) in message
     assert FAKE_SECRET not in message
+
+
+def test_a_token_file_that_is_not_utf8_leaves_none_of_it_in_the_error_or_its_chain(tmp_path):
+    binary = tmp_path / "binary"
+    binary.write_bytes(FAKE_SECRET.encode() + b"\xff\xfe")
+    with pytest.raises(ConfigError) as caught:
+        load(token_file=str(binary))
+
+    assert "not UTF-8 text" in str(caught.value)
+    for held in exception_chain(caught.value):
+        assert FAKE_SECRET.encode() not in repr(held).encode() + bytes(getattr(held, "object", b""))
 
 
 def test_a_short_token_in_a_file_names_the_path_but_not_the_token(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from sidecar import cli, client
 from sidecar.backend import SidecarError, SidecarSecretsBackend
-from tests.support import TOKEN, DaemonThread, make_settings
+from tests.support import TOKEN, DaemonThread, exception_chain, make_settings
 
 KWARG_TOKEN = "kwarg-token-0123456789abcdef"
 ENV_TOKEN = "env-token-0123456789abcdefgh"
@@ -232,6 +232,8 @@ def test_the_backend_and_get_name_a_token_file_they_cannot_read(monkeypatch, cap
     with pytest.raises(SidecarError, match=re.escape(f"cannot read the sidecar token file {path!r}")) as raised:
         SidecarSecretsBackend(token_file=path)
     assert "backend_kwargs 'token_file'" in str(raised.value) and reason in str(raised.value)
+    for held in exception_chain(raised.value):  # a decoding error holds the file's bytes
+        assert TOKEN.encode() not in repr(held).encode() + bytes(getattr(held, "object", b""))
 
     monkeypatch.setenv("SIDECAR_TOKEN_FILE", path)
     assert cli.main(["get", "variables", "v"]) == 2

@@ -332,13 +332,15 @@ def read_token_file(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
             token = handle.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(
-            f"cannot read the token file {path!r} (--token-file / SIDECAR_TOKEN_FILE): {reason}"
-        ) from None
-    check_token(token, f"the token file {path!r}")
-    return token
+    except OSError as exc:
+        reason = exc.strerror
+    except UnicodeDecodeError:
+        reason = "not UTF-8 text"
+    else:
+        check_token(token, f"the token file {path!r}")
+        return token
+    # Raised here, not in an except clause: a decoding error holds the file's bytes, the token.
+    raise ConfigError(f"cannot read the token file {path!r} (--token-file / SIDECAR_TOKEN_FILE): {reason}")
 
 
 # --- SIDECAR_BACKEND_KWARGS: the provider's JSON, unchanged ---
