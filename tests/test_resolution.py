@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+from sidecar.daemon.lookup.connections import CONN_WORDS, InvalidSecret, normalise
+from tests.support import exception_chain
+
 
 async def test_custom_prefixes_and_trailing_separators(aws, start_sidecar):
     aws.put("team-a/vars/v", "custom")
@@ -119,6 +122,14 @@ async def test_connection_that_is_broken_json_is_503_without_its_value(aws, star
     status, body, _ = await sidecar.get("connections", "bad")
     assert (status, body["error"]) == (503, "invalid_secret")
     assert "hunter2" not in json.dumps(body)
+
+
+def test_broken_json_connection_error_holds_none_of_the_value_in_its_chain():
+    with pytest.raises(InvalidSecret) as raised:
+        normalise('{"password": "hunter2-value",', CONN_WORDS)
+
+    for held in exception_chain(raised.value):
+        assert "hunter2" not in repr(held) + str(getattr(held, "doc", ""))
 
 
 async def test_key_with_a_slash_is_one_name_below_the_prefix(aws, start_sidecar):

@@ -28,7 +28,10 @@ def normalise(value: str, words: dict[str, tuple[str, ...]]) -> str:
     try:
         secret: Any = json.loads(value)
     except json.JSONDecodeError:
-        raise InvalidSecret("the connection secret starts with '{' but is not valid JSON") from None
-    return json.dumps(
-        {field: next((v for k, v in secret.items() if k in aliases), None) for field, aliases in words.items()}
-    )
+        pass
+    else:
+        return json.dumps(
+            {field: next((v for k, v in secret.items() if k in aliases), None) for field, aliases in words.items()}
+        )
+    # Raised here, not in the except clause: the decoding error holds the whole value.
+    raise InvalidSecret("the connection secret starts with '{' but is not valid JSON")
