@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from sidecar import DEFAULT_HOST, DEFAULT_PORT, KINDS, SECRETSMANAGER, SSM, STORES
+from sidecar import DEFAULT_HOST, DEFAULT_PORT, KINDS, SECRETSMANAGER, SSM, STORES, client
 from sidecar.daemon.lookup.connections import CONN_WORDS
 
 SOURCES = STORES
@@ -330,17 +330,13 @@ def check_token(token: str, origin: str) -> None:
 
 def read_token_file(path: str) -> str:
     try:
-        with open(path, encoding="utf-8") as handle:
-            token = handle.read().strip()
+        token = client.read_token_file(path)  # the Airflow side's reader: one rule for both sides
     except OSError as exc:
-        reason = exc.strerror
-    except UnicodeDecodeError:
-        reason = "not UTF-8 text"
-    else:
-        check_token(token, f"the token file {path!r}")
-        return token
-    # Raised here, not in an except clause: a decoding error holds the file's bytes, the token.
-    raise ConfigError(f"cannot read the token file {path!r} (--token-file / SIDECAR_TOKEN_FILE): {reason}")
+        raise ConfigError(
+            f"cannot read the token file {path!r} (--token-file / SIDECAR_TOKEN_FILE): {exc.strerror}"
+        ) from None
+    check_token(token, f"the token file {path!r}")
+    return token
 
 
 # --- SIDECAR_BACKEND_KWARGS: the provider's JSON, unchanged ---
