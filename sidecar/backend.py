@@ -130,6 +130,16 @@ def _busy_pause(retry_after: str | None) -> float:
     return BUSY_PAUSE if math.isnan(seconds) else max(seconds, MIN_BUSY_PAUSE)
 
 
+def _value(body: bytes) -> str | None:
+    """The value a 200's body holds; None when it holds none. The caller raises, outside this
+    except clause: a decoding error holds the body, which is the secret."""
+    try:
+        value = json.loads(body.decode())["value"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _refuse_unknown(kwargs: dict[str, Any]) -> None:
     if kwargs:
         raise SidecarError(
@@ -282,7 +292,10 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         if status == 429 or status == 401:
             status, body = self._ask_again(path, status, body, retry_after)
         if status == 200:
-            return self._keep(kind, key, team, json.loads(body.decode())["value"])
+            value = _value(body)
+            if value is None:
+                raise SidecarError(f"the sidecar at {self._where} sent a malformed answer for {kind} {key!r}")
+            return self._keep(kind, key, team, value)
         if status == 404:
             return self._keep(kind, key, team, None)
         try:

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from sidecar import client
+from sidecar.backend import SidecarError, SidecarSecretsBackend
+from tests.support import exception_chain
 
 REQUEST = b"GET /v1/variables/v HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
@@ -138,3 +140,18 @@ def test_a_silent_daemon_times_out(serve):
         outcome = raised.get(timeout=10)
     assert isinstance(outcome, TimeoutError)
     assert str(outcome) == "the sidecar did not answer within 0.2s"
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json: s3cr3t-value", b'{"value": "s3cr3t-value"', b'{"no": "value"}', b"\xffs3cr3t-value"]
+)
+def test_the_backend_names_a_200_that_is_not_the_daemons_json_and_holds_none_of_it(serve, body):
+    server = serve([ok(body)])
+    backend = SidecarSecretsBackend(url="http://{}:{}".format(*server.address), token="t", local_ttl=0)
+    with pytest.raises(SidecarError, match="sent a malformed answer") as raised:
+        backend.get_variable("v")
+
+    for held in exception_chain(raised.value):
+        assert b"s3cr3t" not in repr(held).encode() + bytes(getattr(held, "object", b""))
+        assert "s3cr3t" not in str(getattr(held, "doc", ""))
+
