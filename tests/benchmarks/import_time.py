@@ -1,7 +1,7 @@
 """Importing the backend: what `[secrets] backend` costs every Airflow process before any lookup.
 
-    .venv/bin/python -m tests.benchmarks.import_time [--rev REV ...] [--runs N] [--output PATH]
-    (part of make bench)
+    .venv/bin/python -m tests.benchmarks.import_time [--rev REV ...] [--runs N] [--quick] [--output PATH]
+    (part of make bench; --quick, 3 runs, in make bench QUICK=1)
 
 Each run is a fresh interpreter, `python -X importtime -c "import airflow.secrets; import <module>"`,
 with its .pyc files written beforehand, as an installed package has them: Airflow is imported
@@ -111,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rev", action="append", default=[], help="a git revision to compare (repeatable)")
     parser.add_argument("--runs", type=int, default=21)
+    parser.add_argument("--quick", action="store_true", help="3 runs: every contender imports, figures rough")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be 1 or more")
-    results = measure(args.rev, args.runs)
+    results = measure(args.rev, 3 if args.quick else args.runs)
     print(render(results))
     write_figures(results, args.output)
     return 0

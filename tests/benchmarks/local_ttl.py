@@ -1,6 +1,6 @@
 """Choosing `local_ttl`: how often real Airflow asks again for what it just asked, and how soon.
 
-    .venv/bin/python -m tests.benchmarks.local_ttl [--output PATH]     (part of make bench-defaults)
+    .venv/bin/python -m tests.benchmarks.local_ttl [--quick] [--output PATH]     (part of make bench-defaults)
 
 For each candidate `local_ttl`, one `airflow dags test` of the DAG in tests/test_dag.py (a Variable
 read at parse time, a Connection and a Variable in its task) through the backend, against a real
@@ -29,6 +29,7 @@ from tests.support import FAKE_AWS_ENV, TOKEN, AwsEmulator, DaemonThread, airflo
 from tests.test_dag import AIRFLOW, BATCH_SIZE, DAG_FILE, DAG_ID, MARKER, OWNER, WAREHOUSE_URI
 
 CANDIDATES = (0, 1, 5, 30)  # s
+QUICK = (0, 5)  # s: every lookup asked, and the default
 DEFAULT_OUTPUT = Path(__file__).with_name("results") / "local_ttl.json"
 EXPECTED = (f"task_owner={OWNER}", "host=warehouse.example.com", f"batch_size={BATCH_SIZE}")
 
@@ -43,7 +44,7 @@ def _airflow(home: Path, url: str, local_ttl: float, *args: str) -> subprocess.C
     return subprocess.run([str(AIRFLOW), *args], env=env, cwd=home, capture_output=True, text=True, timeout=300)
 
 
-def measure() -> list[dict[str, Any]]:
+def measure(candidates: tuple[float, ...] = CANDIDATES) -> list[dict[str, Any]]:
     os.environ.update(FAKE_AWS_ENV)  # the daemon's client: nothing here may reach AWS
     aws = AwsEmulator()
     aws.start()
@@ -59,7 +60,7 @@ def measure() -> list[dict[str, Any]]:
             if migrate.returncode != 0:
                 raise RuntimeError(f"airflow db migrate failed:\n{migrate.stderr[-3000:]}")
             results = []
-            for local_ttl in CANDIDATES:
+            for local_ttl in candidates:
                 shutil.rmtree(home / "logs", ignore_errors=True)  # only this run's task logs are checked
                 before = sum(served_requests(url).values())
                 started = time.perf_counter()
@@ -103,10 +104,11 @@ def render(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.local_ttl", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help=f"local_ttl {' and '.join(map(str, QUICK))} only")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the emulator would log every request
-    results = measure()
+    results = measure(QUICK if args.quick else CANDIDATES)
     print(render(results))
     write_figures(results, args.output)
     return 0
