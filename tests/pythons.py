@@ -1,12 +1,14 @@
-"""`make test-pythons`: the README's two commands on the other Pythons it names, each in a virtualenv
-of its own made by the Makefile itself, as a new user's `make` would: pyenv's 3.10, 3.12 and 3.13,
-and Debian's own python3 (3.11.2 on Debian 12). The default python3 runs `make test` in CI already.
+"""`make test-pythons`: the README's two commands on every Python it names, each in a virtualenv of
+its own made by the Makefile itself, as a new user's `make` would: pyenv's 3.10, 3.11, 3.12 and 3.13,
+and Debian's own python3 (3.11.2 on Debian 12).
 
-For each: `make demo` is started, the curl it prints is asked, and Ctrl-C ends it; `make test`
-runs whole on the lowest Python and Debian's (where pins once failed), and is installed (every
-dependency of the suite resolved and imported) on the others, within CI's time.
+For each: `make demo` is started, the curl it prints is asked, and Ctrl-C ends it; then `make test`'s
+install runs (every dependency of the suite resolved for that Python) and the suite's dependencies
+are imported. The suite itself runs once, on the lowest Python, in CI (`.ci/run` takes it from
+`--lowest`); `--full` runs it whole on the versions named as well.
 
-    python3 -m tests.pythons [--full 3.10 3.11.2 ...]
+    python3 -m tests.pythons [--full 3.10 3.11.2 ...] [--only PYTHON ...]
+    python3 -m tests.pythons --lowest      # prints the lowest interpreter's path
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MINORS = ("3.10", "3.12", "3.13")  # pyenv's, besides the default python3
+MINORS = ("3.10", "3.11", "3.12", "3.13")  # pyenv's
 SYSTEM_PYTHON = "/usr/bin/python3"
 DEMO_DEADLINE = 900  # s: a first `make demo` creates the venv and installs the demo extra
 CURL = re.compile(r"curl -s -H 'X-Sidecar-Token: (\S+)' (http://\S+)/v1/variables/greeting")
@@ -109,11 +111,15 @@ def demo(python: str, version: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", nargs="*", help="versions that run make test whole (default: the lowest, Debian's)")
+    parser.add_argument("--full", nargs="*", default=[], help="versions that also run make test whole")
     parser.add_argument("--only", nargs="*", help="these interpreters instead of pyenv's and Debian's")
+    parser.add_argument("--lowest", action="store_true", help="print the lowest interpreter's path, and stop")
     args = parser.parse_args()
     found = {version_of(python): python for python in args.only} if args.only else interpreters()
-    full = set(args.full) if args.full is not None else {min(found, key=_key), version_of(SYSTEM_PYTHON)}
+    if args.lowest:
+        print(found[min(found, key=_key)])
+        return 0
+    full = set(args.full)
     rows = []
     for version, python in sorted(found.items(), key=lambda item: _key(item[0])):
         started = time.monotonic()
