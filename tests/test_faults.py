@@ -79,7 +79,14 @@ async def test_a_listing_outage_keeps_the_last_listing_authoritative_as_stale_mi
 
     for _ in range(5):
         assert (await sidecar.get("variables", "never_read_absent"))[::2] == (404, "stale")
-    assert proxy.counts().get("GetSecretValue", 0) == 0
+    # A miss is still asked of AWS by name, once, behind the stale answers (botocore may retry that
+    # call); once it has failed, its back-off on the fake clock, which stands still, keeps every
+    # later lookup from asking again.
+    await _wait(lambda: _upstream(sidecar, "GetSecretValue", "error") == 1, "the fetch behind the stale answers")
+    sent = proxy.counts()["GetSecretValue"]
+    for _ in range(5):
+        assert (await sidecar.get("variables", "never_read_absent"))[::2] == (404, "stale")
+    assert (_upstream(sidecar, "GetSecretValue", "error"), proxy.counts()["GetSecretValue"]) == (1, sent)
 
     sidecar.clock.advance(3600)  # past max_stale: the old listing no longer speaks
     assert (await sidecar.get("variables", "never_read_absent"))[0] == 503
