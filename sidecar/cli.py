@@ -78,6 +78,20 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
         "--request-timeout",
         help=f"seconds a request may wait on AWS (default {_d('request_timeout')}; SIDECAR_REQUEST_TIMEOUT)",
     )
+    add("--events", help="AWS change events: off (default), sns or sqs (SIDECAR_EVENTS; docs/events.md)")
+    add("--events-topic-arn", help="mode sns: the topic the events rule sends to (SIDECAR_EVENTS_TOPIC_ARN)")
+    add("--events-queue-url", help="mode sqs: this daemon's own queue (SIDECAR_EVENTS_QUEUE_URL)")
+    add(
+        "--events-list-interval",
+        help=f"seconds between listings while events arrive (default {_d('events_list_interval')}; "
+        "SIDECAR_EVENTS_LIST_INTERVAL)",
+    )
+    add(
+        "--events-queue-prefix",
+        help=f"mode sns: the name prefix of each daemon's queue (default {_d('events_queue_prefix')}; "
+        "SIDECAR_EVENTS_QUEUE_PREFIX)",
+    )
+    add("--events-identity", help="mode sns: this daemon's part of its queue name (default: the host name)")
     add("--log-level", help=f"debug, info, warning or error (default {_d('log_level').lower()}; SIDECAR_LOG_LEVEL)")
     add("--event-loop", help=f"asyncio or uvloop (default {_d('event_loop')}; SIDECAR_EVENT_LOOP)")
     add("--log-format", help=f"text or json (default {_d('log_format')}; SIDECAR_LOG_FORMAT)")

@@ -18,6 +18,7 @@ from aiohttp import web
 from sidecar.daemon.cache import STALE_AFTER, Cache
 from sidecar.daemon.catalog.listing import Catalog
 from sidecar.daemon.catalog.warmup import WarmUp
+from sidecar.daemon.events import open_events
 from sidecar.daemon.http.handler import Handler
 from sidecar.daemon.http.listen import Listener
 from sidecar.daemon.http.token import Token
@@ -89,7 +90,12 @@ class Daemon:
             metrics=self.metrics,
             timer=self._timer,
         )
-        self.warmup = WarmUp(settings, self.source, self.catalog, self.cache, timer=self._timer, jitter=self._jitter)
+        self.events = None
+        if settings.events != "off":
+            self.events = await open_events(settings, self.cache, self.metrics, self._stack, self._timer)
+        self.warmup = WarmUp(
+            settings, self.source, self.catalog, self.cache, timer=self._timer, jitter=self._jitter, events=self.events
+        )
         self.resolver = Resolver(
             settings.store,
             self.cache,
@@ -103,6 +109,8 @@ class Daemon:
             if settings.warmup:
                 self._spawn(self.warmup.start())
             self._spawn(self.cache.run_refresher(every=min(1.0, settings.ttl / 20)))
+            if self.events is not None:
+                self._spawn(self.events.run())
 
     async def _serve_http(self) -> None:
         settings = self.settings

@@ -11,7 +11,7 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import accumulate
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 
@@ -51,6 +51,36 @@ class Metrics:
         self.last_listing = Gauge(
             "sidecar_last_listing_timestamp_seconds",
             "Unix time of the last complete listing of the prefixes (0: none yet).",
+            registry=self.registry,
+        )
+
+        # Change events (SIDECAR_EVENTS): docs/events.md.
+        self.events_received = Counter(
+            "sidecar_events_received",
+            "Event messages received, by outcome (accepted, malformed, foreign, outside_prefixes).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.event_fetches = Counter(
+            "sidecar_event_fetches",
+            "Secrets fetched again because an event named them, by outcome (changed, unchanged, failed).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.event_lag = Histogram(
+            "sidecar_event_lag_seconds",
+            "From an event's time to its secret's new answer in the cache.",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.events_up = Gauge(
+            "sidecar_events_consumer_up",
+            "1 while the event queue answers (then the listing runs every SIDECAR_EVENTS_LIST_INTERVAL).",
+            registry=self.registry,
+        )
+        self.unannounced_changes = Counter(
+            "sidecar_listing_unannounced_changes",
+            "Changes a listing found that no event announced (each sends the listing back to its own interval).",
             registry=self.registry,
         )
 

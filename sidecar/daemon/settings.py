@@ -135,6 +135,16 @@ class Settings:
     max_connections: int = 1024
     # Longest a request waits on AWS before it gets a 503.
     request_timeout: float = 8.0
+    # AWS's change events (docs/events.md): off, sns (a queue of this daemon's own on the topic)
+    # or sqs (a queue the operator made for this daemon alone).
+    events: str = "off"
+    events_topic_arn: str | None = None
+    events_queue_url: str | None = None
+    # Seconds between listings while events arrive: the listing is then only the backstop.
+    events_list_interval: float = 3600.0
+    # Mode sns: this daemon's queue is named prefix + identity (default: the host name, a pod's name).
+    events_queue_prefix: str = "airflow-secrets-sidecar-"
+    events_identity: str | None = None
 
 
 # Each setting's default, written once: in the field above.
@@ -273,7 +283,8 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     # workers and task pods and tell them apart by the label Airflow puts on task pods only. A daemon
     # autostarted inside a task pod's own container sees the variable Airflow sets there.
     task_pod_by_airflow = environ.get("AIRFLOW_IS_K8S_EXECUTOR_POD", "").lower() == "true"
-    if _setting(args, environ, "task_pod", _bool, task_pod_by_airflow):
+    task_pod = _setting(args, environ, "task_pod", _bool, task_pod_by_airflow)
+    if task_pod:
         warmup, warmup_jitter = False, 0.0
     return Settings(
         store=store,
@@ -299,7 +310,42 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         max_requests=_setting(args, environ, "max_requests", _positive_int),
         max_connections=_setting(args, environ, "max_connections", _positive_int),
         request_timeout=_setting(args, environ, "request_timeout", _positive_float),
+        **_events(args, environ, task_pod),
     )
+
+
+def _events(args: argparse.Namespace, environ: Mapping[str, str], task_pod: bool) -> dict[str, Any]:
+    """The SIDECAR_EVENTS_* settings, each checked against the mode that needs it."""
+    mode = _setting(args, environ, "events", _choice("off", "sns", "sqs"))
+    found = {
+        "events": "off" if task_pod else mode,  # a pod that lives for one task never subscribes
+        "events_topic_arn": _setting(args, environ, "events_topic_arn", _matching(TOPIC_ARN, "an SNS topic's ARN")),
+        "events_queue_url": _setting(args, environ, "events_queue_url", _matching(QUEUE_URL, "an SQS queue's URL")),
+        "events_list_interval": _setting(args, environ, "events_list_interval", _positive_float),
+        "events_queue_prefix": _setting(
+            args, environ, "events_queue_prefix", _matching(QUEUE_PREFIX, "1 to 40 of A-Z, a-z, 0-9, _ and -")
+        ),
+        "events_identity": _setting(args, environ, "events_identity", _text),
+    }
+    if mode == "sns" and not found["events_topic_arn"]:
+        raise ConfigError("--events sns / SIDECAR_EVENTS=sns needs --events-topic-arn / SIDECAR_EVENTS_TOPIC_ARN")
+    if mode == "sqs" and not found["events_queue_url"]:
+        raise ConfigError("--events sqs / SIDECAR_EVENTS=sqs needs --events-queue-url / SIDECAR_EVENTS_QUEUE_URL")
+    return found
+
+
+TOPIC_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}")
+QUEUE_URL = re.compile(r"https?://[^\s/]+/\d{12}/[A-Za-z0-9_-]{1,80}(\.fifo)?")
+QUEUE_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def _matching(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not pattern.fullmatch(raw.strip()):
+            raise ValueError(f"must be {what}, got {raw!r}")
+        return raw.strip()
+
+    return parse
 
 
 def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str | None, str | None]:

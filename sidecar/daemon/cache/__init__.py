@@ -175,6 +175,31 @@ class Cache:
                 self._expire(key, entry, now)
         return len(batch)
 
+    async def announced(self, keys: set[str]) -> dict[str, str]:
+        """An event said these keys changed: fetch again at once, by name and through the single
+        flight, those the cache holds (found or missed; the others are asked for at their next
+        read). A key that no fetch started after the event brought up to date is no longer fresh:
+        its next lookup asks AWS. Returns each held key's outcome: changed, unchanged or failed."""
+        first = self._ticket()  # every fetch from here on takes a later one
+        held = {key: entry for key in keys if (entry := self._entries.get(key)) is not None}
+        before = {key: entry.value for key, entry in held.items()}
+        fetches = [self._flight.join(key, entry) for key, entry in held.items()]
+        results = await asyncio.gather(*fetches, return_exceptions=True)
+        now = self._timer()
+        outcomes = {}
+        for key, result in zip(held, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, UpstreamError):
+                raise result
+            entry = self._entries.get(key)
+            if entry is None:
+                continue  # evicted meanwhile
+            if entry.generation < first or entry.failure is not None:
+                self._expire(key, entry, now)  # a fetch from before the event, or none that worked
+                outcomes[key] = "failed"
+            else:
+                outcomes[key] = "changed" if entry.value != before[key] else "unchanged"
+        return outcomes
+
     async def run_refresher(self, every: float) -> None:
         """Refresh ahead forever; `every` is how often due entries are looked for."""
         while True:

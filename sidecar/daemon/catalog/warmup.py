@@ -23,6 +23,7 @@ from typing import Any
 
 from sidecar.daemon.cache import Cache
 from sidecar.daemon.catalog.listing import Catalog
+from sidecar.daemon.events.consumer import Consumer
 from sidecar.daemon.settings import Settings
 from sidecar.daemon.sources import Source, UpstreamError
 
@@ -64,8 +65,10 @@ class WarmUp:
         *,
         timer: Callable[[], float] = time.monotonic,
         jitter: Callable[[float, float], float] = random.uniform,
+        events: Consumer | None = None,
     ) -> None:
         self._settings = settings
+        self._events = events
         self._source = source
         self._catalog = catalog
         self._cache = cache
@@ -89,9 +92,29 @@ class WarmUp:
             await asyncio.sleep(delay)
         await self.warm_up()
         while True:
-            await asyncio.sleep(self._settings.list_interval * self._jitter(*LIST_JITTER))
+            await self._until_next_listing()
             with contextlib.suppress(UpstreamError):
                 await self.list_once()
+
+    async def _until_next_listing(self) -> None:
+        """One listing interval from now: the backstop's while events are trusted, else the
+        listing's own, worked out again whenever that trust changes."""
+        loop = asyncio.get_running_loop()
+        start, spread, events = loop.time(), self._jitter(*LIST_JITTER), self._events
+        while True:
+            trusted = events is not None and events.trusted()
+            interval = self._settings.events_list_interval if trusted else self._settings.list_interval
+            wait = start + interval * spread - loop.time()
+            if wait <= 0:
+                return
+            if events is None:
+                await asyncio.sleep(wait)
+                return
+            events.trust_changed.clear()
+            try:
+                await asyncio.wait_for(events.trust_changed.wait(), wait)
+            except asyncio.TimeoutError:
+                return
 
     async def warm_up(self) -> None:
         """List the prefixes and load every value found; retry until AWS answers or refuses."""
@@ -129,6 +152,8 @@ class WarmUp:
         started = self._timer()
         store = self._cache.fill()
         changed = await self._catalog.refresh()
+        if self._events is not None:
+            self._events.listing_found(changed)
         self._keep_listed_values(store)
         next_listing = self._timer() + self._settings.list_interval * LIST_JITTER[1]
         await self._cache.revalidate(changed, since=started, due_before=next_listing)

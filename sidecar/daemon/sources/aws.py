@@ -160,8 +160,12 @@ def _session(store: StoreSettings) -> AioSession:
 
 
 @asynccontextmanager
-async def open_client(service: str, store: StoreSettings, max_upstream: int) -> AsyncIterator[AioBaseClient]:
-    """One client for the daemon's life: its connection pool is sized for `max_upstream` calls."""
+async def open_client(
+    service: str, store: StoreSettings, max_upstream: int, *, store_service: bool = True
+) -> AsyncIterator[AioBaseClient]:
+    """One client for the daemon's life: its connection pool is sized for `max_upstream` calls.
+    `store_service=False` (SQS, SNS): the kwargs' endpoint_url and api_version, which are the
+    store's, are left out; botocore's AWS_ENDPOINT_URL_<SERVICE> still applies."""
     config = AioConfig(
         # Retries transient errors and throttling with jittered back-off; the cache serves stale
         # answers meanwhile, so a few quick attempts beat many slow ones.
@@ -177,9 +181,9 @@ async def open_client(service: str, store: StoreSettings, max_upstream: int) -> 
     config = config.merge(AioConfig(max_pool_connections=max_upstream))
     options = {
         "region_name": store.region_name,
-        "endpoint_url": store.endpoint_url,
+        "endpoint_url": store.endpoint_url if store_service else None,
         "verify": store.verify,
-        "api_version": store.api_version,
+        "api_version": store.api_version if store_service else None,
         "use_ssl": store.use_ssl,
     }
     kwargs: dict[str, Any] = {"config": config}
