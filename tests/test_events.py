@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidecar.daemon.events.hints import ACCEPTED, FOREIGN, MALFORMED, OUTSIDE, Reader
-from sidecar.daemon.events.queue import HEARTBEAT_TAG, QUEUE_NAME_MAX, STALE_HEARTBEAT, queue_name
+from sidecar.daemon.events.hints import ACCEPTED, CHANGING_CALLS, EVENTS, FOREIGN, MALFORMED, OUTSIDE, Reader
+from sidecar.daemon.events.queue import HEARTBEAT_EVERY, HEARTBEAT_TAG, QUEUE_NAME_MAX, STALE_HEARTBEAT, queue_name
 from sidecar.daemon.lifecycle import Daemon
-from sidecar.daemon.settings import ConfigError
+from sidecar.daemon.settings import DEFAULTS, ConfigError
 from tests.support import REGION, TOKEN, AwsEmulator, FakeClock, make_settings
 
 PREFIXES = ["airflow/config/", "airflow/connections/", "airflow/variables/"]
@@ -358,4 +361,69 @@ def _fetched(daemon: Daemon, outcome: str) -> float:
 
 def _upstream_errors(daemon: Daemon, api: str) -> float:
     value = daemon.metrics.registry.get_sample_value("sidecar_upstream_calls_total", {"api": api, "outcome": "error"})
+    return value or 0.0
+
+
+# --- the operator's one-time setup: deploy/events/cloudformation.yaml ---
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "events" / "cloudformation.yaml"
+SNS_APIS = {"Subscribe", "Unsubscribe", "ListSubscriptionsByTopic"}
+STORE_APIS = {"GetSecretValue", "BatchGetSecretValue", "ListSecrets"}
+IAM_ACTION = {"DeleteMessageBatch": "DeleteMessage"}  # the batch call needs the single call's permission
+
+
+def template() -> dict[str, Any]:
+    from cfnlint.decode import cfn_yaml
+
+    return cfn_yaml.loads(TEMPLATE.read_text(encoding="utf-8"))
+
+
+def test_the_setup_template_passes_cfn_lint():
+    cfn_lint = Path(sys.executable).with_name("cfn-lint")
+    done = subprocess.run([cfn_lint, str(TEMPLATE)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_setup_rules_send_exactly_the_events_the_daemon_reads():
+    resources = template()["Resources"]
+    change = resources["ChangeRule"]["Properties"]["EventPattern"]
+    read = {pair for store in EVENTS.values() for pair in store if pair[1] != "AWS API Call via CloudTrail"}
+    assert {(s, t) for s in change["source"] for t in change["detail-type"]} >= read
+    assert set(change["detail-type"]) == {t for _, t in read}
+    calls = resources["CloudTrailRule"]["Properties"]["EventPattern"]["detail"]["eventName"]
+    assert set(calls) == CHANGING_CALLS
+    assert template()["Parameters"]["QueuePrefix"]["Default"] == DEFAULTS["events_queue_prefix"]
+
+
+async def test_the_setup_policy_allows_every_call_a_daemon_makes(events_aws, topic, start_daemon):
+    sqs, sns = events_aws.client("sqs"), events_aws.client("sns")
+    old = f"{time.time() - STALE_HEARTBEAT - 60:.0f}"
+    dead = sqs.create_queue(QueueName="airflow-secrets-sidecar-pod-x-dead00", tags={HEARTBEAT_TAG: old})["QueueUrl"]
+    dead_arn = sqs.get_queue_attributes(QueueUrl=dead, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=dead_arn)
+    events_aws.put("airflow/variables/v", "one")
+    daemon = await start_daemon(events="sns", events_topic_arn=topic)
+    daemon._timer.advance(HEARTBEAT_EVERY + 1)
+    publish(events_aws, topic, label_updated("airflow/variables/v"))  # a receive returns: then the heartbeat
+    await until(lambda: _upstream_ok(daemon, "TagQueue") == 1, "the heartbeat")
+    await daemon.stop()
+
+    made = {
+        sample.labels["api"]
+        for metric in daemon.metrics.registry.collect()
+        if metric.name == "sidecar_upstream_calls"
+        for sample in metric.samples
+        if sample.value > 0
+    }
+    assert {"CreateQueue", "Subscribe", "ReceiveMessage", "DeleteMessageBatch", "TagQueue", "Unsubscribe"} <= made
+    needed = {f"{'sns' if api in SNS_APIS else 'sqs'}:{IAM_ACTION.get(api, api)}" for api in made - STORE_APIS}
+    statements = template()["Resources"]["SidecarEventsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    allowed = {
+        action for s in statements for action in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    }
+    assert needed <= allowed, needed - allowed
+
+
+def _upstream_ok(daemon: Daemon, api: str) -> float:
+    value = daemon.metrics.registry.get_sample_value("sidecar_upstream_calls_total", {"api": api, "outcome": "ok"})
     return value or 0.0
