@@ -43,7 +43,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from sidecar.daemon.events.queue import HEARTBEAT_EVERY, LONG_POLL
 from sidecar.daemon.lifecycle import Daemon
+from sidecar.daemon.settings import DEFAULTS as SETTINGS_DEFAULTS
 from sidecar.daemon.sources import UpstreamError
 from sidecar.daemon.sources.aws import NOT_RETRIED_WHEN_THROTTLED
 from sidecar.daemon.sources.quotas import QUOTAS
@@ -52,6 +54,7 @@ from tests.support import make_settings, resolved
 
 LATENCY = 0.020  # seconds AWS takes to answer a call
 PRICE_PER_10K = 0.05  # USD per 10,000 Secrets Manager API calls
+SQS_PRICE_PER_MILLION = 0.40  # USD per million SQS requests (standard queues, past the free tier)
 ATTEMPTS = 3  # botocore's total_max_attempts, as the daemon configures it
 VARIABLES = "airflow/variables/"
 VERSION = "version-1"  # every secret's AWSCURRENT
@@ -459,7 +462,8 @@ async def rolling_restart(size: Size, settings: dict[str, str], over: float = 60
 
 
 async def steady(size: Size, settings: dict[str, str]) -> dict[str, Any]:
-    """The fleet after its start: `steady_hours` counted, scaled to a day."""
+    """The fleet after its start: `steady_hours` counted, scaled to a day. With PUSH's settings,
+    the same fleet with change events on: see `push_costs`."""
     store = FakeSecretsManager(_secrets(size))
     fleet = Fleet(store, seed=3)
     outcome = Outcome()
@@ -475,7 +479,9 @@ async def steady(size: Size, settings: dict[str, str]) -> dict[str, Any]:
     seconds = size.steady_hours * 3600
     await asyncio.sleep(seconds)
     await fleet.close()
-    result = _report(f"steady state, {size.pods:,} pods", settings, store, counted, seconds, [], daily=True)
+    name = f"steady state, {size.pods:,} pods" + (", events on" if settings is PUSH else "")
+    result = _report(name, settings, store, counted, seconds, [], daily=True)
+    result["pods"] = size.pods
     result["failed_lookups"] += outcome.failed
     result["wrong_answers"] += outcome.wrong
     return result
@@ -525,6 +531,12 @@ async def task_pods_on_node_daemons(size: Size, settings: dict[str, str], hours:
 
 
 DEFAULTS: dict[str, str] = {}
+# Change events on (SIDECAR_EVENTS=sns): while they arrive the listing runs every
+# SIDECAR_EVENTS_LIST_INTERVAL, and misses keep their default life (twice SIDECAR_LIST_INTERVAL).
+PUSH = {
+    "list_interval": f"{SETTINGS_DEFAULTS['events_list_interval']:g}",
+    "negative_ttl": f"{2 * SETTINGS_DEFAULTS['list_interval']:g}",
+}
 WARMUP_OFF = {"warmup": "false"}
 SPREAD = {"warmup_jitter": "sized"}  # by `jitter_for`, for the pods that start together
 
@@ -534,6 +546,7 @@ SCENARIOS: list[tuple[Callable[..., Coroutine[Any, Any, dict[str, Any]]], dict[s
     (rolling_restart, DEFAULTS),
     (rolling_restart, SPREAD),
     (steady, DEFAULTS),
+    (steady, PUSH),
     (task_pods, DEFAULTS),
     (task_pods, WARMUP_OFF),
     (task_pods_on_node_daemons, DEFAULTS),
@@ -607,6 +620,56 @@ def render(results: list[dict[str, Any]]) -> str:
     )
 
 
+def push_costs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A day of the steady fleet with the listing alone (pull) and with change events (push),
+    priced. The queues are not simulated: their requests follow from the consumer's loop, one long
+    poll every LONG_POLL seconds and a heartbeat every HEARTBEAT_EVERY, per pod. A rotation costs
+    both modes the same GetSecretValue per pod that holds the secret (at the next listing, or at the
+    event), plus in push mode one early receive and one DeleteMessageBatch per pod: left out of both.
+    SNS's deliveries to SQS and AWS's events on the default bus are free."""
+    rows = []
+    for result in results:
+        if not result["scenario"].startswith("steady state"):
+            continue
+        push = result["settings"] == PUSH
+        pods = result["pods"]
+        sqs = pods * (86400 / LONG_POLL + 86400 / HEARTBEAT_EVERY) if push else 0.0
+        store_usd = result["calls_per_day"] / 10_000 * PRICE_PER_10K
+        rows.append(
+            {
+                "mode": "push (SIDECAR_EVENTS=sns)" if push else "pull (the listing alone)",
+                "pods": pods,
+                "secrets_manager_calls_per_day": result["calls_per_day"],
+                "sqs_requests_per_day": sqs,
+                "usd_per_day": store_usd + sqs / 1e6 * SQS_PRICE_PER_MILLION,
+                "rotation_within_s": "event + 1 fetch" if push else "up to 635",
+            }
+        )
+    return rows
+
+
+def render_push(rows: list[dict[str, Any]]) -> str:
+    return table(
+        "Pull or push: a day of the steady fleet, priced",
+        ["mode", "Secrets Manager calls/day", "SQS requests/day", "USD/day", "a rotation reaches Airflow"],
+        [
+            [
+                r["mode"],
+                f"{r['secrets_manager_calls_per_day']:,.0f}",
+                f"{r['sqs_requests_per_day']:,.0f}",
+                f"{r['usd_per_day']:,.2f}",
+                r["rotation_within_s"],
+            ]
+            for r in rows
+        ],
+        [
+            f"Secrets Manager ${PRICE_PER_10K} per 10,000 calls; SQS ${SQS_PRICE_PER_MILLION} per million requests, "
+            f"long polls included (one per pod every {LONG_POLL} s, a heartbeat every {HEARTBEAT_EVERY:.0f} s)",
+            "rotations cost both modes the same GetSecretValue per pod that holds the secret: left out of both",
+        ],
+    )
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
@@ -617,9 +680,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
     results = run(QUICK if args.quick else FULL)
+    costs = push_costs(results)
     print(render(results))
+    print(render_push(costs))
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    args.output.write_text(json.dumps({"scenarios": results, "pull_or_push": costs}, indent=2) + "\n", encoding="utf-8")
     wrong = sum(r["wrong_answers"] for r in results)
     print(f"figures written to {args.output}")
     return 1 if wrong else 0

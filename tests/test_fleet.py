@@ -57,3 +57,14 @@ def test_task_pods_without_warm_up_call_only_get_secret_value(results):
     warm = results["task pods an hour, 3 reads each", "defaults"]
     assert set(lazy["calls"]) == {"GetSecretValue"}
     assert lazy["calls_per_day"] < warm["calls_per_day"]
+
+
+def test_events_cut_the_steady_fleets_secrets_manager_calls_and_price_the_queues(results):
+    pull = results["state, 60 pods", "defaults"]
+    push = next(r for (name, _), r in results.items() if name == "state, 60 pods, events on")
+    assert push["calls"].get("ListSecrets", 0) < pull["calls"]["ListSecrets"]
+    assert push["calls_per_day"] < pull["calls_per_day"]
+    costs = {row["mode"].split()[0]: row for row in fleet.push_costs(list(results.values()))}
+    assert costs["pull"]["sqs_requests_per_day"] == 0
+    assert costs["push"]["sqs_requests_per_day"] == 60 * (86400 / 20 + 86400 / 300)
+    assert costs["push"]["usd_per_day"] > costs["push"]["secrets_manager_calls_per_day"] / 10_000 * 0.05
