@@ -209,6 +209,14 @@ async def _check(settings: Settings) -> int:
                 print(f"{prefix}*: {exc} ({exc.hint})")
                 return 1
             print(f"{prefix}*: {len(names)} secrets")
+    if settings.events != "off":
+        from sidecar.daemon.events import check_events
+
+        try:
+            print(await check_events(settings))
+        except UpstreamError as exc:
+            print(f"events: {exc} ({exc.hint}; the events' policy: docs/events.md)")
+            return 1
     return 0
 
 

@@ -364,6 +364,55 @@ def _upstream_errors(daemon: Daemon, api: str) -> float:
     return value or 0.0
 
 
+# --- check: the topic, the queue and the permissions, for real ---
+
+
+def _check_env(aws: AwsEmulator, topic: str) -> dict[str, str]:
+    from tests.test_cli import emulator_kwargs, sidecar_env
+
+    return sidecar_env(
+        SIDECAR_TOKEN=TOKEN,
+        SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint),
+        SIDECAR_EVENTS="sns",
+        SIDECAR_EVENTS_TOPIC_ARN=topic,
+    )
+
+
+def test_check_goes_through_a_whole_queues_life_and_leaves_nothing(events_aws, topic):
+    from tests.test_cli import run_cli
+
+    result = run_cli("check", env=_check_env(events_aws, topic))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == f"events: a queue subscribed to {topic}, received from and deleted"
+    assert events_aws.client("sqs").list_queues().get("QueueUrls", []) == []
+    assert events_aws.client("sns").list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
+
+
+def test_check_names_a_refused_subscription_and_leaves_no_queue(events_aws, topic, proxy, monkeypatch):
+    from tests.test_cli import run_cli
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SNS", proxy.endpoint)  # SNS through the fault layer
+    proxy.set("Subscribe", "denied")
+    refused = run_cli("check", env=_check_env(events_aws, topic))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    last = refused.stdout.splitlines()[-1]
+    assert last.startswith("events: AWS Subscribe failed: AccessDenied (the sidecar's IAM role lacks a permission")
+    assert last.endswith("the events' policy: docs/events.md)") and "Traceback" not in refused.stderr
+    assert events_aws.client("sqs").list_queues().get("QueueUrls", []) == []  # the queue made first is gone
+
+
+def test_an_answer_botocore_cannot_parse_is_one_clear_line_quoting_nothing(events_aws, topic):
+    """botocore's ResponseParserError quotes the body it could not read (a GetSecretValue's may hold
+    the value): it is a transient AWS failure like any other, with none of that body kept."""
+    from tests.test_cli import run_cli
+
+    events_aws.fail["Subscribe"] = "SomethingElse"  # a JSON body where SNS answers XML
+    result = run_cli("check", env=_check_env(events_aws, topic))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith("events: AWS Subscribe failed: ResponseParserError")
+    assert "SomethingElse" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
 # --- the operator's one-time setup: deploy/events/cloudformation.yaml ---
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "deploy" / "events" / "cloudformation.yaml"

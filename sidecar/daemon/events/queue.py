@@ -95,6 +95,12 @@ class Queue:
             "DeleteMessageBatch", lambda: self._sqs.delete_message_batch(QueueUrl=self.url, Entries=entries)
         )
 
+    async def arn(self, url: str) -> str:
+        attributes = await self._call(
+            "GetQueueAttributes", lambda: self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        )
+        return str(attributes["Attributes"]["QueueArn"])
+
     async def open(self) -> None:
         """Mode `sqs`: nothing to make."""
 
@@ -141,7 +147,7 @@ class OwnQueue(Queue):
         )
         self.url = created["QueueUrl"]
         try:
-            queue_arn = await self._arn(self.url)
+            queue_arn = await self.arn(self.url)
             # The policy first: a subscription to a queue the topic may not send to loses events.
             await self._call(
                 "SetQueueAttributes",
@@ -211,7 +217,7 @@ class OwnQueue(Queue):
             return False  # not ours, or no heartbeat yet: leave it
 
     async def _unsubscribe_all(self, urls: list[str]) -> None:
-        arns = {await self._arn(url) for url in urls}
+        arns = {await self.arn(url) for url in urls}
         paging: dict[str, str] = {}
         while True:
             page = await self._call(
@@ -225,12 +231,6 @@ class OwnQueue(Queue):
             if not (page or {}).get("NextToken"):
                 return
             paging = {"NextToken": page["NextToken"]}
-
-    async def _arn(self, url: str) -> str:
-        attributes = await self._call(
-            "GetQueueAttributes", lambda: self._sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
-        )
-        return str(attributes["Attributes"]["QueueArn"])
 
     def _stamp(self) -> str:
         return f"{self._wall_clock():.0f}"

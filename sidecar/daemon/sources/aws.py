@@ -16,6 +16,7 @@ from aiobotocore.credentials import AioAssumeRoleCredentialFetcher, AioDeferredR
 from aiobotocore.session import AioSession
 from botocore.credentials import CredentialProvider
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ProfileNotFound
+from botocore.parsers import ResponseParserError
 
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.settings import ConfigError, StoreSettings
@@ -115,6 +116,10 @@ def classify(api: str, exc: BaseException) -> UpstreamError:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         transient = code in TRANSIENT_CODES or status >= 500
         return UpstreamError(api, code, transient, str(error.get("Message") or ""))
+    if isinstance(exc, ResponseParserError):
+        # An answer botocore cannot read (a proxy's page, a cut-off body): its message quotes the
+        # body, which may hold a secret's value, so none of it is kept.
+        return UpstreamError(api, "ResponseParserError", True, "AWS's answer could not be parsed")
     if isinstance(exc, NoCredentialsError):
         # Credentials may appear (IMDS, IRSA token refresh): keep serving stale meanwhile.
         return UpstreamError(api, "NoCredentials", True, str(exc))
