@@ -270,6 +270,30 @@ async def test_duplicates_and_out_of_order_events_give_the_current_value(events_
     assert await daemon.get("v") == (200, "three")
 
 
+async def test_an_event_before_get_secret_value_shows_its_version_is_asked_again(events_aws, topic, start_daemon):
+    events_aws.put("airflow/variables/v", "one")
+    daemon = await start_daemon(events="sns", events_topic_arn=topic)
+    assert await daemon.get("v") == (200, "one")
+    listings = events_aws.calls["ListSecrets"]
+    publish(events_aws, topic, label_updated("airflow/variables/v"))  # AWS not consistent yet
+    await until(lambda: events_aws.calls["GetSecretValue"] >= 1, "the first fetch")
+    events_aws.client().put_secret_value(SecretId="airflow/variables/v", SecretString="two")
+    await until(lambda: _fetched(daemon, "changed") == 1, "a fetch that sees the new version", timeout=5)
+    assert await daemon.get("v") == (200, "two")
+    assert events_aws.calls["ListSecrets"] == listings
+
+
+async def test_an_event_never_brings_back_a_revoked_secret(events_aws, topic, start_daemon):
+    events_aws.put("airflow/variables/v", "one")
+    daemon = await start_daemon(events="sns", events_topic_arn=topic)
+    assert await daemon.get("v") == (200, "one")
+    events_aws.fail["GetSecretValue"] = "AccessDeniedException"  # the sidecar's role lost the secret
+    publish(events_aws, topic, label_updated("airflow/variables/v"))
+    await until(lambda: _fetched(daemon, "failed") == 1, "the refused fetch")
+    status, _ = await daemon.get("v")
+    assert status == 503  # never the old value, fresh or stale
+
+
 async def test_a_creation_announced_for_a_name_held_as_a_miss_is_served_at_once(events_aws, topic, start_daemon):
     daemon = await start_daemon(events="sns", events_topic_arn=topic)
     assert await daemon.get("new_one") == (404, None)
@@ -333,6 +357,7 @@ async def test_a_failing_queue_leaves_lookups_alone_and_the_listing_takes_over(e
     daemon = await start_daemon(events="sns", events_topic_arn=topic, list_interval=2)
     assert daemon.events.trusted()
     events_aws.fail["ReceiveMessage"] = "InternalError"
+    publish(events_aws, topic, label_updated("airflow/variables/other"))  # ends the long poll under way
     await until(lambda: _upstream_errors(daemon, "ReceiveMessage") >= 1, "a failed receive")
     assert daemon.metrics.registry.get_sample_value("sidecar_events_consumer_up") == 0
     assert await daemon.get("v") == (200, "one")

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FALLBACK_AFTER = 60.0  # s of failed receives before the listing takes over again
 RETRY_MAX = 30.0  # s between receives while the queue fails
 ANNOUNCED_FOR = 900.0  # s an event counts as the announcement of a change a listing finds later
+RECHECKS = (1.0, 2.0)  # s: an unchanged secret is asked again after each, then left to the listing
 
 
 class Consumer:
@@ -139,16 +140,30 @@ class Consumer:
         task.add_done_callback(self._fetching.discard)
 
     async def _fetch(self, names: dict[str, str | None]) -> None:
-        try:
-            outcomes = await self._cache.announced(set(names))
-        except Exception:
-            log.exception("events: fetching %d announced secrets failed", len(names))
-            return
-        for name, outcome in outcomes.items():
-            self._metrics.event_fetches.labels(outcome).inc()
-            sent = _seconds(names[name])
-            if outcome != "failed" and sent is not None:
-                self._metrics.event_lag.observe(max(0.0, self._wall_clock() - sent))
+        """Fetch the named secrets again; one that comes back unchanged is asked again after each
+        of RECHECKS (an event may arrive before GetSecretValue shows its version), then left to
+        the listing."""
+        pending = set(names)
+        for attempt, delay in enumerate((0.0, *RECHECKS)):
+            await asyncio.sleep(delay)
+            try:
+                outcomes = await self._cache.announced(pending)
+            except Exception:
+                log.exception("events: fetching %d announced secrets failed", len(pending))
+                return
+            last = attempt == len(RECHECKS)
+            pending = set() if last else {name for name, outcome in outcomes.items() if outcome == "unchanged"}
+            for name, outcome in outcomes.items():
+                if name not in pending:
+                    self._fetched(outcome, names[name])
+            if not pending:
+                return
+
+    def _fetched(self, outcome: str, event_time: str | None) -> None:
+        self._metrics.event_fetches.labels(outcome).inc()
+        sent = _seconds(event_time)
+        if outcome != "failed" and sent is not None:
+            self._metrics.event_lag.observe(max(0.0, self._wall_clock() - sent))
 
     def _answered(self) -> None:
         if self._failing_since is not None:
