@@ -19,7 +19,14 @@ from typing import Any
 import pytest
 
 from sidecar.daemon.events.hints import ACCEPTED, CHANGING_CALLS, EVENTS, FOREIGN, MALFORMED, OUTSIDE, Reader
-from sidecar.daemon.events.queue import HEARTBEAT_EVERY, HEARTBEAT_TAG, QUEUE_NAME_MAX, STALE_HEARTBEAT, queue_name
+from sidecar.daemon.events.queue import (
+    HEARTBEAT_EVERY,
+    HEARTBEAT_TAG,
+    LONG_POLL,
+    QUEUE_NAME_MAX,
+    STALE_HEARTBEAT,
+    queue_name,
+)
 from sidecar.daemon.lifecycle import Daemon
 from sidecar.daemon.settings import DEFAULTS, ConfigError
 from tests.support import REGION, TOKEN, AwsEmulator, FakeClock, make_settings
@@ -365,6 +372,14 @@ async def test_a_failing_queue_leaves_lookups_alone_and_the_listing_takes_over(e
     daemon._timer.advance(61)  # past FALLBACK_AFTER of failed receives, on the daemon's clock
     await until(lambda: events_aws.calls["ListSecrets"] > listings, "the listing at its own interval", timeout=40)
     assert not daemon.events.trusted()
+
+
+async def test_an_idle_daemons_long_poll_ends_empty_not_in_a_read_timeout(events_aws, topic, start_daemon):
+    """SQS holds an empty receive for the whole LONG_POLL: the client must wait longer than that."""
+    daemon = await start_daemon(events="sns", events_topic_arn=topic)
+    await until(lambda: _upstream_ok(daemon, "ReceiveMessage") >= 1, "an empty receive", timeout=LONG_POLL + 15)
+    assert _upstream_errors(daemon, "ReceiveMessage") == 0
+    assert daemon.metrics.registry.get_sample_value("sidecar_events_consumer_up") == 1 and daemon.events.trusted()
 
 
 async def test_a_change_no_event_announced_sends_the_listing_back_to_its_interval(events_aws, topic, start_daemon):

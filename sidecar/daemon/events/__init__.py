@@ -14,7 +14,7 @@ from collections.abc import Callable
 from sidecar.daemon.cache import Cache
 from sidecar.daemon.events.consumer import Consumer
 from sidecar.daemon.events.hints import Reader
-from sidecar.daemon.events.queue import OwnQueue, Queue
+from sidecar.daemon.events.queue import LONG_POLL, OwnQueue, Queue
 from sidecar.daemon.lookup.names import Names
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.settings import Settings
@@ -38,7 +38,10 @@ async def open_queue(settings: Settings, metrics: Metrics, stack: contextlib.Asy
     """The queue of SIDECAR_EVENTS' mode, over SQS (and SNS) clients that `stack` closes."""
     store = settings.store
     call = Caller(metrics, CALLS_IN_FLIGHT, RateLimits(settings.aws_quota_share, asyncio.get_running_loop().time))
-    sqs = await stack.enter_async_context(open_client("sqs", store, CALLS_IN_FLIGHT, store_service=False))
+    # SQS holds an empty receive for the whole long poll: the read waits longer than that.
+    sqs = await stack.enter_async_context(
+        open_client("sqs", store, CALLS_IN_FLIGHT, store_service=False, read_timeout=LONG_POLL + 10)
+    )
     if settings.events == "sqs":
         assert settings.events_queue_url is not None
         return Queue(sqs, call, settings.events_queue_url)

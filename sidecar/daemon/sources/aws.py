@@ -166,7 +166,7 @@ def _session(store: StoreSettings) -> AioSession:
 
 @asynccontextmanager
 async def open_client(
-    service: str, store: StoreSettings, max_upstream: int, *, store_service: bool = True
+    service: str, store: StoreSettings, max_upstream: int, *, store_service: bool = True, read_timeout: float = 10
 ) -> AsyncIterator[AioBaseClient]:
     """One client for the daemon's life: its connection pool is sized for `max_upstream` calls.
     `store_service=False` (SQS, SNS): the kwargs' endpoint_url and api_version, which are the
@@ -176,7 +176,7 @@ async def open_client(
         # answers meanwhile, so a few quick attempts beat many slow ones.
         retries={"mode": RETRY_MODE, "total_max_attempts": 3},
         connect_timeout=3,
-        read_timeout=10,
+        read_timeout=read_timeout,
     )
     try:
         config = config.merge(AioConfig(**store.config_kwargs))  # the user's config_kwargs win...
