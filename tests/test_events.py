@@ -359,11 +359,12 @@ async def test_mode_sqs_reads_the_operators_queue_fed_by_an_eventbridge_rule(eve
     assert url in sqs.list_queues()["QueueUrls"]  # the operator's queue stays
 
 
-async def test_a_failing_queue_leaves_lookups_alone_and_the_listing_takes_over(events_aws, topic, start_daemon):
+@pytest.mark.parametrize("code", ["InternalError", "ThrottlingException"])
+async def test_a_failing_queue_leaves_lookups_alone_and_the_listing_takes_over(events_aws, topic, start_daemon, code):
     events_aws.put("airflow/variables/v", "one")
     daemon = await start_daemon(events="sns", events_topic_arn=topic, list_interval=2)
     assert daemon.events.trusted()
-    events_aws.fail["ReceiveMessage"] = "InternalError"
+    events_aws.fail["ReceiveMessage"] = code
     publish(events_aws, topic, label_updated("airflow/variables/other"))  # ends the long poll under way
     await until(lambda: _upstream_errors(daemon, "ReceiveMessage") >= 1, "a failed receive")
     assert daemon.metrics.registry.get_sample_value("sidecar_events_consumer_up") == 0
@@ -372,6 +373,32 @@ async def test_a_failing_queue_leaves_lookups_alone_and_the_listing_takes_over(e
     daemon._timer.advance(61)  # past FALLBACK_AFTER of failed receives, on the daemon's clock
     await until(lambda: events_aws.calls["ListSecrets"] > listings, "the listing at its own interval", timeout=40)
     assert not daemon.events.trusted()
+
+
+async def test_a_hanging_queue_leaves_lookups_alone_and_the_backstop_listing_finds_changes(
+    events_aws, topic, start_daemon, proxy, monkeypatch
+):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", proxy.endpoint)  # SQS through the fault layer
+    events_aws.put("airflow/variables/v", "one")
+    daemon = await start_daemon(events="sns", events_topic_arn=topic, events_list_interval=2)
+    proxy.set("ReceiveMessage", "blackhole")  # from the next receive on: held, never answered
+    publish(events_aws, topic, label_updated("airflow/variables/other"))  # ends the long poll under way
+    await until(lambda: proxy.held() >= 1, "a receive held by the black hole")
+    events_aws.client().put_secret_value(SecretId="airflow/variables/v", SecretString="two")  # its event is lost
+    answers: list[Any] = []
+
+    async def served_new() -> bool:
+        answers.append(await daemon.get("v"))
+        return answers[-1] == (200, "two")
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not await served_new():
+        assert loop.time() - started < 10, f"still {answers[-1]}: the backstop listing did not find the change"
+        await asyncio.sleep(0.05)
+    assert set(answers) <= {(200, "one"), (200, "two")}  # every lookup answered meanwhile
+    assert daemon.metrics.registry.get_sample_value("sidecar_listing_unannounced_changes_total") >= 1
+    proxy.clear()
 
 
 async def test_an_idle_daemons_long_poll_ends_empty_not_in_a_read_timeout(events_aws, topic, start_daemon):
