@@ -33,6 +33,14 @@ Loopback only; it stops by itself. Pieces:
   (warm-up), then throttle, slow (1.5 s per request), blackhole, down and 5xx in equal shares,
   then normal for the final recovery: a fifth of the run, at least B + 5 s.
 
+With `--events` the daemon also hears AWS's change events (SIDECAR_EVENTS=sns, its queue and the
+topic's subscription through the fault layer, so each fault phase cuts the events too): after each
+rotation the orchestrator publishes the event AWS would send, but every DROP_EVERY-th, which is
+lost on purpose, and a CloudTrail CreateSecret event for every other creation. The backstop listing
+runs every EVENTS_LIST_INTERVAL (3 s), and the bounds below use it in place of LIST_INTERVAL: an
+answer must be as fresh whether its rotation was announced or lost. The queue must be gone after
+the daemon's stop.
+
 B = min(TTL, LAG + 1.1 x LIST_INTERVAL) + LOCAL_TTL + 1 s = 4.1 s: a rotation is served once a
 listing shows it (its lag, then the next listing, jittered up to 1.1 x the interval), or at the
 latest at expiry, and a client's backend asks again once its answer is LOCAL_TTL old; the 1 s is
@@ -104,6 +112,8 @@ SLACK = 1.0  # seconds beyond each bound: the listing, the batch, a loaded machi
 LOCAL_TTL = 0.5  # the clients' backends keep each answer this long: it adds to every bound
 BOUND = min(TTL, LAG + 1.1 * LIST_INTERVAL) + LOCAL_TTL + SLACK  # B: a rotation is served within it
 CREATED_BOUND = 1.1 * LIST_INTERVAL + LOCAL_TTL + SLACK  # a creation is served within it, whatever the lag
+EVENTS_LIST_INTERVAL = 3.0  # with --events: the backstop listing while events arrive
+DROP_EVERY = 4  # with --events: every 4th rotation's event is lost on purpose
 DAEMON_SETTINGS = {
     "ttl": f"{TTL:g}",
     "negative_ttl": f"{NEGATIVE_TTL:g}",
@@ -137,6 +147,10 @@ GROWTH = 0.10  # largest RSS / fd growth allowed between warm-up and end
 # ...but at least this many fds: with about a dozen open, one keep-alive connection to AWS (the
 # pool keeps what the last phase needed) is 8%. A leak grows with the 20,000 requests, not by 2.
 FD_SLACK = 2
+# With --events, two more AWS clients (SQS, SNS), and event fetches after a recovery's backlog: each
+# may keep a connection or two more at the end than after warm-up. Measured: +0 to +2 in 25 s, +4 in
+# 60 s, +3 in 150 s with 4 clients: bounded, not growing with the run.
+EVENTS_FD_SLACK = FD_SLACK + 2
 STARTUP_TIMEOUT = 120.0
 
 
@@ -301,14 +315,23 @@ def daemon_ready(process: subprocess.Popen[bytes], url: str) -> bool:
 
 
 def metrics(url: str) -> dict[str, float]:
-    """The daemon's cache lookups and upstream calls by label, from /metrics (no key names there)."""
+    """The daemon's cache lookups, upstream calls and events by label, from /metrics (no key names there)."""
     try:
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
             text = response.read().decode()
     except OSError:
         return {}
-    found = re.findall(r"^(sidecar_(?:cache_lookups|upstream_calls)_total\{[^}]*\}) (\S+)$", text, re.M)
+    found = re.findall(r"^(sidecar_(?:cache_lookups|upstream_calls|events_received)_total\{[^}]*\}) (\S+)$", text, re.M)
     return {name: float(value) for name, value in found}
+
+
+def use_events() -> None:
+    """--events: the backstop listing's interval in every bound in place of LIST_INTERVAL."""
+    global BOUND, CREATED_BOUND, FINAL_MIN, FD_SLACK
+    FD_SLACK = EVENTS_FD_SLACK
+    BOUND = min(TTL, LAG + 1.1 * EVENTS_LIST_INTERVAL) + LOCAL_TTL + SLACK
+    CREATED_BOUND = 1.1 * EVENTS_LIST_INTERVAL + LOCAL_TTL + SLACK
+    FINAL_MIN = BOUND + 5.0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -330,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
             moto.create_secret(Name=PREFIX[kind] + key, SecretString=secret_value(kind, key, 1))
         proxy = stack.enter_context(FaultProxy(aws.endpoint))
         proxy.set("ListSecrets", "lag", delay=LAG)  # the whole run; what exists now is listed at once
-        daemon, url, daemon_log = start_daemon(stack, tmp, proxy.endpoint)
+        topic = aws.client("sns").create_topic(Name="soak-events")["TopicArn"] if args.events else None
+        daemon, url, daemon_log = start_daemon(stack, tmp, proxy.endpoint, topic)
         sampler = Sampler(daemon.pid)
         sampler.start()
         pool = created_keys(args.seconds)
@@ -344,10 +368,11 @@ def run(args: argparse.Namespace) -> int:
             client.stdin.close()
         progress(f"running {args.seconds:g}s with {args.clients} clients: {', '.join(p[0] for p in phases)}")
         layer_before, moto_before = proxy.counts(), dict(aws.calls)
-        rotations, creations, recovery, observed = drive(proxy, moto, phases, t0, end, pool)
+        announce = Announcer(aws.client("sns"), topic) if topic else None
+        rotations, creations, recovery, observed = drive(proxy, moto, phases, t0, end, pool, announce)
         layer_calls = Counter(proxy.counts()) - Counter(layer_before)
         moto_calls = Counter(aws.calls) - Counter(moto_before)
-        for api in ("PutSecretValue", "CreateSecret"):  # the orchestrator's own calls
+        for api in ("PutSecretValue", "CreateSecret", "Publish"):  # the orchestrator's own calls
             moto_calls.pop(api, None)
         moto_calls["ListSecrets"] -= observed  # and the fault layer's snapshots it asked for
 
@@ -356,6 +381,7 @@ def run(args: argparse.Namespace) -> int:
         sampler.join()
         daemon_metrics = metrics(url) if daemon.poll() is None else {}
         daemon_code, notable = stop_daemon(daemon, daemon_log)
+        queues_left = aws.client("sqs").list_queues().get("QueueUrls", []) if topic else []
 
     report = analyse(records, rotations, creations, pool, phases, t0, recovery, sampler, t0 + phases[0][2], end)
     minutes = args.seconds / 60
@@ -369,6 +395,7 @@ def run(args: argparse.Namespace) -> int:
             "creation_bound_s": CREATED_BOUND,
             "rotate_every_s": ROTATE_EVERY,
             "create_every_s": CREATE_EVERY,
+            "events": bool(args.events),
             **DAEMON_SETTINGS,
         },
         phases=[
@@ -391,7 +418,11 @@ def run(args: argparse.Namespace) -> int:
         daemon_exit_code=daemon_code,
         client_exit_codes=client_codes,
     )
+    if announce is not None:
+        report["events"] = {"published": announce.published, "dropped": announce.dropped, "queues_left": queues_left}
     failures = report["failures"]
+    if queues_left:
+        failures.append(f"the daemon's stop left {len(queues_left)} queues behind")
     if daemon_code != 0:
         failures.append(f"the daemon exited {daemon_code!r} on SIGTERM, not 0")
     if any(code != 0 for code in client_codes):
@@ -406,8 +437,11 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def start_daemon(stack: contextlib.ExitStack, tmp: Path, endpoint: str) -> tuple[subprocess.Popen[bytes], str, Any]:
-    """`python -m sidecar serve` on a free port with a token file, AWS at `endpoint`; ready when it returns."""
+def start_daemon(
+    stack: contextlib.ExitStack, tmp: Path, endpoint: str, topic: str | None
+) -> tuple[subprocess.Popen[bytes], str, Any]:
+    """`python -m sidecar serve` on a free port with a token file, AWS at `endpoint`, and with a
+    `topic` its events through the same endpoint; ready when it returns."""
     from tests.benchmarks.sidecar_process import aws_env, free_port
     from tests.support import REGION
 
@@ -424,6 +458,14 @@ def start_daemon(stack: contextlib.ExitStack, tmp: Path, endpoint: str) -> tuple
         SIDECAR_LOG_LEVEL="info",
         **{f"SIDECAR_{name.upper()}": value for name, value in DAEMON_SETTINGS.items()},
     )
+    if topic:
+        env.update(
+            SIDECAR_EVENTS="sns",
+            SIDECAR_EVENTS_TOPIC_ARN=topic,
+            SIDECAR_EVENTS_LIST_INTERVAL=f"{EVENTS_LIST_INTERVAL:g}",
+            AWS_ENDPOINT_URL_SQS=endpoint,
+            AWS_ENDPOINT_URL_SNS=endpoint,
+        )
     log = stack.enter_context((tmp / "daemon.log").open("w+b"))
     daemon = subprocess.Popen(
         [sys.executable, "-m", "sidecar", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -472,8 +514,47 @@ def start_clients(
     return clients
 
 
+class Announcer:
+    """--events: publishes what AWS would send to the topic, straight to moto (EventBridge's side
+    of the fault layer), losing every DROP_EVERY-th rotation's event on purpose."""
+
+    def __init__(self, sns: Any, topic: str) -> None:
+        self._sns = sns
+        self._topic = topic
+        self.published = 0
+        self.dropped = 0
+
+    def rotated(self, name: str, count: int) -> None:
+        if count % DROP_EVERY == 0:
+            self.dropped += 1
+            return
+        detail = {"name": name, "labelUpdated": "AWSCURRENT", "versionId": f"v{count}"}
+        self._publish({"source": "aws.secretsmanager", "detail-type": "Secret Label Updated", "detail": detail})
+
+    def created(self, name: str, count: int) -> None:
+        if count % 2:
+            return  # the other half: found by the misses asked again
+        detail = {
+            "eventSource": "secretsmanager.amazonaws.com",
+            "eventName": "CreateSecret",
+            "requestParameters": {"name": name},
+        }
+        self._publish({"source": "aws.secretsmanager", "detail-type": "AWS API Call via CloudTrail", "detail": detail})
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        event["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._sns.publish(TopicArn=self._topic, Message=json.dumps(event))
+        self.published += 1
+
+
 def drive(
-    proxy: Any, moto: Any, phases: list[tuple[str, float, float]], t0: float, end: float, pool: list[tuple[str, str]]
+    proxy: Any,
+    moto: Any,
+    phases: list[tuple[str, float, float]],
+    t0: float,
+    end: float,
+    pool: list[tuple[str, str]],
+    announce: Announcer | None = None,
 ) -> tuple[list[tuple[float, str, str, int]], list[tuple[float, str, str]], float | None, int]:
     """Switch the phases, rotate a secret a second and create one every CREATE_EVERY until `end`:
     (rotations, creations, time of the final recovery, ListSecrets calls proxy.observe() made)."""
@@ -499,12 +580,16 @@ def drive(
                 SecretId=PREFIX[kind] + key, SecretString=secret_value(kind, key, versions[kind, key])
             )
             observed += proxy.observe()
+            if announce is not None:
+                announce.rotated(PREFIX[kind] + key, len(rotations))
             next_rotation += ROTATE_EVERY
         elif len(creations) < len(pool) and now >= next_creation:
             kind, key = pool[len(creations)]
             creations.append((time.monotonic(), kind, key))
             moto.create_secret(Name=PREFIX[kind] + key, SecretString=secret_value(kind, key, 1))
             observed += proxy.observe()
+            if announce is not None:
+                announce.created(PREFIX[kind] + key, len(creations))
             next_creation += CREATE_EVERY
         else:
             upcoming = [end, next_rotation] + ([t0 + pending[0][1]] if pending else [])
@@ -853,10 +938,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the run (default 60, at least 20)")
     parser.add_argument("--clients", type=int, default=4, help="Airflow-like client processes (default 4)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"JSON report (default {DEFAULT_JSON})")
+    parser.add_argument("--events", action="store_true", help="the daemon hears change events too (some lost)")
     parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: run one client with this config
     args = parser.parse_args(argv)
     if args.client:
         return run_client(args.client)
+    if args.events:
+        use_events()
     return run(args)
 
 

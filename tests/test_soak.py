@@ -13,12 +13,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_the_20_second_soak_passes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("events", [False, True], ids=["listing", "events"])
+def test_the_short_soak_passes(tmp_path: Path, events: bool) -> None:
+    """With events the bounds use the backstop listing's longer interval: 25 s leaves each fault a second."""
     output = tmp_path / "soak.json"
-    command = [sys.executable, "-m", "tests.soak", "--seconds", "20", "--clients", "2", "--json", str(output)]
+    seconds = ["--seconds", "25", "--events"] if events else ["--seconds", "20"]
+    command = [sys.executable, "-m", "tests.soak", *seconds, "--clients", "2", "--json", str(output)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180, check=False)
 
     assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
@@ -33,3 +38,7 @@ def test_the_20_second_soak_passes(tmp_path: Path) -> None:
     assert report["created_keys_asked_before_then_served"] > 0  # ...then served within the bound
     assert checked["created_keys_within_bound"] > 0 and report["created_not_served"] == 0
     assert checked["never_existing_keys"] > 0
+    if events:
+        assert report["events"]["published"] > 0 and report["events"]["dropped"] > 0
+        assert report["events"]["queues_left"] == []
+        assert report["daemon_metrics"]['sidecar_events_received_total{outcome="accepted"}'] > 0

@@ -30,6 +30,9 @@ FALLBACK_AFTER = 60.0  # s of failed receives before the listing takes over agai
 RETRY_MAX = 30.0  # s between receives while the queue fails
 ANNOUNCED_FOR = 900.0  # s an event counts as the announcement of a change a listing finds later
 RECHECKS = (1.0, 2.0)  # s: an unchanged secret is asked again after each, then left to the listing
+# Event fetches in flight at once: a backlog of events (after the queue failed) neither crowds the
+# lookups out of SIDECAR_MAX_UPSTREAM nor opens a connection to AWS per event.
+FETCHES_AT_ONCE = 4
 
 
 class Consumer:
@@ -147,7 +150,9 @@ class Consumer:
         for attempt, delay in enumerate((0.0, *RECHECKS)):
             await asyncio.sleep(delay)
             try:
-                outcomes = await self._cache.announced(pending)
+                outcomes = {}
+                for chunk in _chunks(sorted(pending), FETCHES_AT_ONCE):
+                    outcomes.update(await self._cache.announced(chunk))
             except Exception:
                 log.exception("events: fetching %d announced secrets failed", len(pending))
                 return
@@ -188,6 +193,10 @@ class Consumer:
         if trusted != self._trusted:
             self._trusted = trusted
             self.trust_changed.set()
+
+
+def _chunks(names: list[str], size: int) -> list[set[str]]:
+    return [set(names[i : i + size]) for i in range(0, len(names), size)]
 
 
 def _seconds(stamp: str | None) -> float | None:
