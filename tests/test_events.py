@@ -401,6 +401,21 @@ async def test_a_hanging_queue_leaves_lookups_alone_and_the_backstop_listing_fin
     proxy.clear()
 
 
+async def test_an_announced_change_the_backstop_listing_finds_an_hour_later_keeps_events_trusted(
+    events_aws, topic, start_daemon
+):
+    events_aws.put("airflow/variables/v", "one")
+    daemon = await start_daemon(events="sns", events_topic_arn=topic)
+    assert await daemon.get("v") == (200, "one")
+    events_aws.client().put_secret_value(SecretId="airflow/variables/v", SecretString="two")
+    publish(events_aws, topic, label_updated("airflow/variables/v"))
+    await until(lambda: _fetched(daemon, "changed") == 1, "the event's fetch")
+    daemon._timer.advance(DEFAULTS["events_list_interval"] * 1.1)  # the next backstop listing, at the latest
+    await daemon.warmup.list_once()
+    assert daemon.metrics.registry.get_sample_value("sidecar_listing_unannounced_changes_total") == 0
+    assert daemon.events.trusted()
+
+
 async def test_an_idle_daemons_long_poll_ends_empty_not_in_a_read_timeout(events_aws, topic, start_daemon):
     """SQS holds an empty receive for the whole LONG_POLL: the client must wait longer than that."""
     daemon = await start_daemon(events="sns", events_topic_arn=topic)

@@ -153,7 +153,7 @@ class WarmUp:
         store = self._cache.fill()
         changed = await self._catalog.refresh()
         if self._events is not None:
-            self._events.listing_found(changed)
+            self._events.listing_found(changed, started)
         self._keep_listed_values(store)
         next_listing = self._timer() + self._settings.list_interval * LIST_JITTER[1]
         await self._cache.revalidate(changed, since=started, due_before=next_listing)

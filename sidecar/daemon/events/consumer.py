@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 FALLBACK_AFTER = 60.0  # s of failed receives before the listing takes over again
 RETRY_MAX = 30.0  # s between receives while the queue fails
-ANNOUNCED_FOR = 900.0  # s an event counts as the announcement of a change a listing finds later
+LISTING_LAG = 300.0  # s: "ListSecrets might not reflect changes from the last five minutes"
 RECHECKS = (1.0, 2.0)  # s: an unchanged secret is asked again after each, then left to the listing
 # Event fetches in flight at once: a backlog of events (after the queue failed) neither crowds the
 # lookups out of SIDECAR_MAX_UPSTREAM nor opens a connection to AWS per event.
@@ -64,11 +64,12 @@ class Consumer:
         """Whether the listing may run at the backstop's pace."""
         return self._trusted
 
-    def listing_found(self, changed: set[str]) -> None:
-        """A listing found these names changed: any that no event announced distrusts events."""
-        now = self._timer()
-        self._announced = {name: at for name, at in self._announced.items() if now - at < ANNOUNCED_FOR}
+    def listing_found(self, changed: set[str], started: float) -> None:
+        """A listing that started at `started` found these names changed: any that no event
+        announced distrusts events. An announcement is kept until a listing that started
+        LISTING_LAG after it, which shows that change whatever ListSecrets' lag, has been seen."""
         unannounced = [name for name in changed if name not in self._announced]
+        self._announced = {name: at for name, at in self._announced.items() if started < at + LISTING_LAG}
         if unannounced:
             self._metrics.unannounced_changes.inc(len(unannounced))
             if self._trusted:
