@@ -6,15 +6,17 @@ queue's name for 60 s, which a restarted container would meet at once), with SQS
 encryption and a short retention; sets its policy (only the topic may send) before it subscribes
 it to the topic with raw delivery and a filter policy on the configured prefixes; tags it with a
 heartbeat while it runs; and on a clean stop unsubscribes and deletes it. A daemon that was killed
-leaves its queue behind: at start each daemon deletes the queues of the prefix whose heartbeat is
-older than `STALE_HEARTBEAT`, with their subscriptions. In mode `sqs` the daemon reads a queue the
-operator made, alone (docs/events.md), and changes nothing on it.
+leaves its queue behind: at start each daemon checks `SWEEP_SAMPLE` queues of the prefix at random
+and deletes those whose heartbeat is older than `STALE_HEARTBEAT`, with their subscriptions. In
+mode `sqs` the daemon reads a queue the operator made, alone (docs/events.md), and changes nothing
+on it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import secrets
 import time
@@ -32,6 +34,7 @@ HEARTBEAT_EVERY = 300.0  # s
 STALE_HEARTBEAT = 3 * 3600.0  # s: a queue not tagged for this long belongs to a dead daemon
 HEARTBEAT_TAG = "sidecar-heartbeat"
 QUEUE_NAME_MAX = 80
+SWEEP_SAMPLE = 20  # queues of the prefix whose heartbeat one start checks
 MAX_MESSAGES = 10  # SQS's most per receive
 
 
@@ -196,6 +199,9 @@ class OwnQueue(Queue):
         try:
             listed = await self._call("ListQueues", lambda: self._sqs.list_queues(QueueNamePrefix=self._prefix))
             urls = (listed or {}).get("QueueUrls", [])
+            # A fleet's every start must not ask for every queue's tags: a sample each time finds
+            # a dead daemon's queue within a few starts, and until then it costs nothing but room.
+            urls = random.sample(urls, min(len(urls), SWEEP_SAMPLE))
             stale = [url for url in urls if await self._is_stale(url)]
             if stale:
                 await self._unsubscribe_all(stale)
