@@ -192,6 +192,17 @@ async def start_daemon(events_aws: AwsEmulator) -> AsyncIterator[Callable[..., A
     await session.close()
 
 
+async def ask_until(daemon: Daemon, key: str, value: str, within: float) -> list[tuple[int, Any]]:
+    """Ask for `key` until it answers `value`, at most `within` seconds; every answer on the way."""
+    loop = asyncio.get_running_loop()
+    started, answers = loop.time(), [await daemon.get(key)]
+    while answers[-1] != (200, value):
+        assert loop.time() - started < within, f"still {answers[-1]} after {within:g} s"
+        await asyncio.sleep(0.02)
+        answers.append(await daemon.get(key))
+    return answers
+
+
 def publish(aws: AwsEmulator, topic: str, event: dict[str, Any]) -> None:
     aws.client("sns").publish(TopicArn=topic, Message=json.dumps(event))
 
@@ -209,17 +220,7 @@ async def test_a_rotation_is_served_within_two_seconds_with_no_listing(events_aw
 
     events_aws.client().put_secret_value(SecretId="airflow/variables/db_password", SecretString="new")
     publish(events_aws, topic, label_updated("airflow/variables/db_password"))
-    answers: list[Any] = []
-
-    async def served_new() -> bool:
-        answers.append(await daemon.get("db_password"))
-        return answers[-1] == (200, "new")
-
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not await served_new():
-        assert loop.time() - started < 2.0, f"still {answers[-1]} 2 s after the event"
-        await asyncio.sleep(0.02)
+    answers = await ask_until(daemon, "db_password", "new", within=2.0)
     assert events_aws.calls["ListSecrets"] == listings  # no listing in between
     assert received(daemon, ACCEPTED) == 1
     assert set(answers) <= {(200, "old"), (200, "new")}
@@ -385,17 +386,7 @@ async def test_a_hanging_queue_leaves_lookups_alone_and_the_backstop_listing_fin
     publish(events_aws, topic, label_updated("airflow/variables/other"))  # ends the long poll under way
     await until(lambda: proxy.held() >= 1, "a receive held by the black hole")
     events_aws.client().put_secret_value(SecretId="airflow/variables/v", SecretString="two")  # its event is lost
-    answers: list[Any] = []
-
-    async def served_new() -> bool:
-        answers.append(await daemon.get("v"))
-        return answers[-1] == (200, "two")
-
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not await served_new():
-        assert loop.time() - started < 10, f"still {answers[-1]}: the backstop listing did not find the change"
-        await asyncio.sleep(0.05)
+    answers = await ask_until(daemon, "v", "two", within=10.0)  # by the backstop listing
     assert set(answers) <= {(200, "one"), (200, "two")}  # every lookup answered meanwhile
     assert daemon.metrics.registry.get_sample_value("sidecar_listing_unannounced_changes_total") >= 1
     proxy.clear()
