@@ -62,6 +62,7 @@ class AwsEmulator(ThreadedMotoServer):
         self.calls: Counter[str] = Counter()
         self.names: list[str] = []
         self.access_keys: Counter[str] = Counter()  # the key id each signed request was signed with
+        self.user_agents: dict[str, set[str]] = {}  # API -> the User-Agent headers its requests carried
         self.fail: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -78,6 +79,7 @@ class AwsEmulator(ThreadedMotoServer):
                     self.calls[api] += 1
                     self.names.extend(names)
                     self.access_keys[signed[1] if signed else ""] += 1
+                    self.user_agents.setdefault(api, set()).add(environ.get("HTTP_USER_AGENT", ""))
                 code = next((self.fail[f"{api}:{name}"] for name in names if f"{api}:{name}" in self.fail), None)
                 code = code or self.fail.get(api) or self.fail.get("*")
                 if code:
@@ -118,6 +120,7 @@ class AwsEmulator(ThreadedMotoServer):
             self.calls.clear()
             self.names.clear()
             self.access_keys.clear()
+            self.user_agents.clear()
 
     def total(self) -> int:
         return sum(self.calls.values())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sidecar import __version__ as sidecar_version
 from sidecar.daemon.settings import ConfigError
 
 
@@ -21,6 +22,8 @@ async def test_role_arn_is_assumed_through_sts_before_the_first_call(aws, start_
     assert aws.calls["AssumeRole"] == 1
     assert (await sidecar.get("variables", "v", refresh=True))[0] == 200
     assert aws.calls["AssumeRole"] == 1  # the credentials are reused until they near expiry
+    mark = f"airflow-secrets-sidecar/{sidecar_version}"  # CloudTrail's userAgent tells the daemon's calls apart
+    assert all(mark in agent for api in ("AssumeRole", "GetSecretValue") for agent in aws.user_agents[api])
 
 
 async def test_unknown_profile_is_a_configuration_error(aws, start_sidecar):

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import sidecar
 from sidecar.daemon.events.hints import ACCEPTED, CHANGING_CALLS, EVENTS, FOREIGN, MALFORMED, OUTSIDE, Reader
 from sidecar.daemon.events.queue import (
     HEARTBEAT_EVERY,
@@ -517,7 +518,7 @@ def test_the_setup_rules_send_exactly_the_events_the_daemon_reads():
     assert template()["Parameters"]["QueuePrefix"]["Default"] == DEFAULTS["events_queue_prefix"]
 
 
-async def test_the_setup_policy_allows_every_call_a_daemon_makes(events_aws, topic, start_daemon):
+async def test_every_call_a_daemon_makes_is_in_the_setup_policy_and_marked_as_its_own(events_aws, topic, start_daemon):
     sqs, sns = events_aws.client("sqs"), events_aws.client("sns")
     old = f"{time.time() - STALE_HEARTBEAT - 60:.0f}"
     dead = sqs.create_queue(QueueName="airflow-secrets-sidecar-pod-x-dead00", tags={HEARTBEAT_TAG: old})["QueueUrl"]
@@ -538,6 +539,10 @@ async def test_the_setup_policy_allows_every_call_a_daemon_makes(events_aws, top
         if sample.value > 0
     }
     assert {"CreateQueue", "Subscribe", "ReceiveMessage", "DeleteMessageBatch", "TagQueue", "Unsubscribe"} <= made
+    # Every call the daemon made says whose it is, as AWS's agent marks its calls (CloudTrail's userAgent).
+    mark = f"airflow-secrets-sidecar/{sidecar.__version__}"
+    for api in made:
+        assert all(mark in agent for agent in events_aws.user_agents[api]), (api, events_aws.user_agents[api])
     needed = {f"{'sns' if api in SNS_APIS else 'sqs'}:{IAM_ACTION.get(api, api)}" for api in made - STORE_APIS}
     statements = template()["Resources"]["SidecarEventsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     allowed = {

@@ -18,12 +18,16 @@ from botocore.credentials import CredentialProvider
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ProfileNotFound
 from botocore.parsers import ResponseParserError
 
+from sidecar import __version__
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.settings import ConfigError, StoreSettings
 from sidecar.daemon.sources.quotas import RateLimits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# Every AWS call says whose it is (CloudTrail's userAgent), as AWS's own agent marks its calls.
+USER_AGENT = f"airflow-secrets-sidecar/{__version__}"
 
 # Codes that may pass: AWS throttles or fails inside, or the sidecar's own credentials are not
 # usable right now (being renewed, clock skew, keys replaced). These serve stale answers; only a
@@ -142,7 +146,11 @@ class _AssumeRoleProvider(CredentialProvider):
     async def load(self) -> AioDeferredRefreshableCredentials:
         source_credentials = await self._base.get_credentials()
         extra_args = {"RoleSessionName": "airflow-secrets-sidecar", **self._store.assume_role_kwargs}
-        sts = {"region_name": self._store.region_name, "endpoint_url": self._store.sts_endpoint_url}
+        sts = {
+            "region_name": self._store.region_name,
+            "endpoint_url": self._store.sts_endpoint_url,
+            "config": AioConfig(user_agent_extra=USER_AGENT),
+        }
         fetcher = AioAssumeRoleCredentialFetcher(
             client_creator=functools.partial(self._base.create_client, **sts),
             source_credentials=source_credentials,
@@ -177,6 +185,7 @@ async def open_client(
         retries={"mode": RETRY_MODE, "total_max_attempts": 3},
         connect_timeout=3,
         read_timeout=read_timeout,
+        user_agent_extra=USER_AGENT,
     )
     try:
         config = config.merge(AioConfig(**store.config_kwargs))  # the user's config_kwargs win...
