@@ -32,6 +32,12 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
     add("--host", help=f"address to listen on (default {DEFAULT_HOST}; SIDECAR_HOST)")
     add("--port", help=f"port to listen on (default {DEFAULT_PORT}; SIDECAR_PORT)")
     add("--unix-socket", help="listen on this Unix socket instead of TCP (SIDECAR_UNIX_SOCKET)")
+    add(
+        "--metrics-port",
+        help="also serve /metrics, /healthz and /readyz, without the token and never /v1, on this port "
+        "for Prometheus (default: off; SIDECAR_METRICS_PORT)",
+    )
+    add("--metrics-host", help="address of --metrics-port (default: every interface; SIDECAR_METRICS_HOST)")
     add("--unix-socket-group", help="group that may use the Unix socket (SIDECAR_UNIX_SOCKET_GROUP)")
     add("--allow-remote", action="store_const", const="true", help="allow a non-loopback --host")
     add("--token-file", help="file holding the token (SIDECAR_TOKEN_FILE; or set SIDECAR_TOKEN)")

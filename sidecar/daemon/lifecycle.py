@@ -15,12 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar import __version__
 from sidecar.daemon.cache import STALE_AFTER, Cache
 from sidecar.daemon.catalog.listing import Catalog
 from sidecar.daemon.catalog.warmup import WarmUp
 from sidecar.daemon.events import open_events
 from sidecar.daemon.http.handler import Handler
 from sidecar.daemon.http.listen import Listener
+from sidecar.daemon.http.scrape import ScrapeListener
 from sidecar.daemon.http.token import Token
 from sidecar.daemon.lookup.names import Names
 from sidecar.daemon.lookup.resolve import Resolver
@@ -59,10 +61,16 @@ class Daemon:
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.ServerRunner | None = None
         self._listener = Listener(settings)
+        self._scrape: ScrapeListener | None = None
 
     @property
     def url(self) -> str:
         return self._listener.url
+
+    @property
+    def metrics_url(self) -> str:
+        """Where Prometheus scrapes (SIDECAR_METRICS_PORT); "" when that listener is off."""
+        return self._scrape.url if self._scrape is not None else ""
 
     async def start(self) -> None:
         settings = self.settings
@@ -103,6 +111,7 @@ class Daemon:
             timer=self._timer,
             counts=self.metrics.lookups.counts,
         )
+        self.metrics.watch_readiness(self.warmup.readiness)
         if self._listen_http:
             await self._serve_http()
         if self._background:
@@ -128,6 +137,9 @@ class Daemon:
         self._runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
         await self._runner.setup()
         await self._listener.start(self._runner)
+        if settings.metrics_port is not None:
+            self._scrape = ScrapeListener(settings, handler)
+            await self._scrape.start()
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.ensure_future(coroutine))
@@ -138,6 +150,8 @@ class Daemon:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish, stop every task, then close the AWS client."""
+        if self._scrape is not None:
+            await self._scrape.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         for task in self._tasks:
@@ -167,9 +181,11 @@ async def serve(settings: Settings, on_started: Callable[[Daemon], None] | None 
     try:
         await daemon.start()
         log.info(
-            "serving %s secrets on %s (ttl %gs, negative ttl %gs, event loop %s)",
+            "airflow-secrets-sidecar %s serving %s secrets on %s%s (ttl %gs, negative ttl %gs, event loop %s)",
+            __version__,
             settings.source,
             daemon.url,
+            f", metrics on {daemon.metrics_url}" if daemon.metrics_url else "",
             settings.ttl,
             settings.negative_ttl,
             settings.event_loop,

@@ -10,10 +10,24 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import accumulate
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
+
+from sidecar import __version__
+
+if TYPE_CHECKING:
+    from sidecar.daemon.catalog.warmup import Readiness
 
 disable_created_metrics()  # `*_created` series only double the output
 
@@ -28,6 +42,14 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # process_*: resident memory, open and most file descriptors, CPU seconds, start time (Linux).
+        ProcessCollector(registry=self.registry)
+        Gauge(
+            "sidecar_build_info", "The daemon's version (the value is always 1).", ["version"], registry=self.registry
+        ).labels(__version__).set(1)
+        self.ready = Gauge(
+            "sidecar_ready", "1 while /readyz answers 200 (warm, or serving lazily), else 0.", registry=self.registry
+        )
         self.upstream_calls = Counter(
             "sidecar_upstream_calls",
             "AWS API calls by API and outcome (ok, not_found, error).",
@@ -83,6 +105,9 @@ class Metrics:
             "Changes a listing found that no event announced (each sends the listing back to its own interval).",
             registry=self.registry,
         )
+
+    def watch_readiness(self, readiness: Readiness) -> None:
+        self.ready.set_function(lambda: float(readiness.ready))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

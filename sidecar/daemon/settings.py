@@ -108,6 +108,9 @@ class Settings:
     store: StoreSettings
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    # The listener Prometheus scrapes (sidecar/daemon/http/scrape.py): None is none; "" is every interface.
+    metrics_port: int | None = None
+    metrics_host: str = ""
     unix_socket: str | None = None
     unix_socket_group: str | None = None
     token: str | None = field(default=None, repr=False)
@@ -290,6 +293,8 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         store=store,
         host=host,
         port=_setting(args, environ, "port", _port),
+        metrics_port=_setting(args, environ, "metrics_port", _port),
+        metrics_host=_setting(args, environ, "metrics_host", _text),
         unix_socket=unix_socket,
         unix_socket_group=_setting(args, environ, "unix_socket_group", _group),
         token=token,

@@ -99,6 +99,13 @@ class Handler:
         self._metrics.requests.observe(kind, response.status, time.perf_counter() - started)
         return response
 
+    async def open_only(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The metrics listener's handler (scrape.py): the paths that need no token, nothing else."""
+        route = self._open.get(request.rel_url.path) if request.method == "GET" else None
+        if route is None:
+            return error("not_found", "this listener serves GET /metrics, /healthz and /readyz only")
+        return await self._open_path(route, request)
+
     async def healthz(self, _: web.BaseRequest) -> web.Response:
         return web.json_response({"status": "ok"})
 
