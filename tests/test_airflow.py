@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from sidecar import __version__
 from tests.support import REGION, REPO, TOKEN, AwsEmulator, airflow_env
 
 SIDECAR = "sidecar.backend.SidecarSecretsBackend"
@@ -123,6 +124,7 @@ class SidecarProcess:
                 self.stop()
                 raise AssertionError("the sidecar did not start:\n" + "".join(self.log)) from None
             if " serving " in line:
+                assert f"airflow-secrets-sidecar {__version__} serving" in line  # the version an operator reports
                 self.url = line.split(" on ", 1)[1].split()[0]
                 return
 

@@ -181,14 +181,14 @@ async def serve(settings: Settings, on_started: Callable[[Daemon], None] | None 
     try:
         await daemon.start()
         log.info(
-            "airflow-secrets-sidecar %s serving %s secrets on %s%s (ttl %gs, negative ttl %gs, event loop %s)",
+            "airflow-secrets-sidecar %s serving %s secrets on %s (ttl %gs, negative ttl %gs, event loop %s)%s",
             __version__,
             settings.source,
             daemon.url,
-            f", metrics on {daemon.metrics_url}" if daemon.metrics_url else "",
             settings.ttl,
             settings.negative_ttl,
             settings.event_loop,
+            f"; metrics on {daemon.metrics_url}" if daemon.metrics_url else "",
         )
         if on_started is not None:
             on_started(daemon)
