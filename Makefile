@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-pythons test-airflow2 test-airflow-versions test-image test-helm test-astro lint bench bench-defaults fleet soak constraints clean
+.PHONY: demo test test-pythons test-airflow2 test-airflow-versions test-image test-helm test-prometheus test-astro lint bench bench-defaults fleet soak constraints dist clean
 
 # Every venv installs with uv, which pip puts in it first: one download and build cache for all of
 # them (~/.cache/uv), and an Airflow install in seconds where pip takes a minute of CPU. Bytecode is
@@ -140,5 +140,15 @@ constraints:
 	mv constraints-dev.txt.new constraints-dev.txt
 	rm -rf .venv-constraints
 
+# The release's files (docs/releasing.md): the sdist and the wheel in dist/, checked as PyPI checks
+# them (twine check --strict), then by tests/dist/check_dist.py: the license and the version of
+# sidecar/__init__.py in both, and the wheel alone in a fresh venv, installed with no index, importing
+# the backend with only the standard library. About 10 s; CI runs it as a stage of its own.
+dist: $(VENV)/.dev-installed
+	rm -rf dist
+	$(BIN)/python -m build -q --installer uv -o dist .
+	$(BIN)/twine check --strict dist/*
+	$(BIN)/python tests/dist/check_dist.py dist
+
 clean:
-	rm -rf $(VENV) $(AIRFLOW2_VENV) .venv-py* .venv-airflow-* build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(AIRFLOW2_VENV) .venv-py* .venv-airflow-* build dist *.egg-info .pytest_cache .ruff_cache
