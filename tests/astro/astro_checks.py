@@ -1,13 +1,13 @@
 """`make test-astro`: the Astro recipe of deploy/astro run for real, the way `astro dev` runs a project.
 
-The project's image is FROM a stand-in for Astro Runtime 3.1 (tests/astro/prepare.sh builds it) plus
-the lines of deploy/astro/Dockerfile.snippet after its FROM, read at test time; only the wheel comes
-from this checkout (PIP_FIND_LINKS), the daemon's dependencies from PyPI. Its containers get astro-cli's
-environment (tests/data/compose/astro-cli-airflow3.yml) over deploy/astro/.env.example, read at test
-time, with AWS pointed at moto on the host. Postgres, `airflow db migrate`, then the four containers
-`astro dev` starts: api-server, scheduler, dag-processor, triggerer. All use the host's network and
-talk over 127.0.0.1 only. The DAG in project/ reads secrets in each of the four; then `docker stop`
-and `docker start` of the same containers, and the DAG again.
+The project's image is FROM a stand-in for Astro Runtime 3.1 (tests/astro/prepare.sh builds it) with
+deploy/astro/Dockerfile.snippet pasted under it, read at test time; only the wheel comes from this
+checkout (PIP_FIND_LINKS, as the snippet says to do before a release), the daemon's dependencies from
+PyPI. Its containers get astro-cli's environment (tests/data/compose/astro-cli-airflow3.yml) over
+deploy/astro/.env.example, read at test time, with AWS pointed at moto on the host. Postgres, `airflow
+db migrate`, then the four containers `astro dev` starts: api-server, scheduler, dag-processor,
+triggerer. All use the host's network and talk over 127.0.0.1 only. The DAG in project/ reads secrets
+in each of the four; then `docker stop` and `docker start` of the same containers, and the DAG again.
 
 Not part of `make test` (no Docker there). As root, with Docker (tests/image/prepare.sh starts dockerd):
     tests/astro/prepare.sh
@@ -127,11 +127,11 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def snippet_lines() -> str:
-    """Everything after deploy/astro/Dockerfile.snippet's FROM line, verbatim."""
-    lines = SNIPPET.read_text().splitlines(keepends=True)
-    froms = [i for i, line in enumerate(lines) if re.match(r"\s*FROM\s", line, re.IGNORECASE)]
-    assert len(froms) == 1, f"{SNIPPET} should have exactly one FROM line, has {len(froms)}"
-    return "".join(lines[froms[0] + 1 :])
+    """deploy/astro/Dockerfile.snippet, verbatim: the lines a user pastes under the project's FROM."""
+    text = SNIPPET.read_text()
+    froms = [line for line in text.splitlines() if re.match(r"\s*FROM\s", line, re.IGNORECASE)]
+    assert not froms, f"{SNIPPET} has a FROM of its own, which would start a new stage: {froms}"
+    return text
 
 
 def described(conn: dict[str, Any]) -> dict[str, Any]:
@@ -223,10 +223,10 @@ def project_image() -> Iterator[str]:
         require(wheel.returncode == 0, f"building the wheel failed:\n{tail(wheel.stdout + wheel.stderr)}")
         (context / "Dockerfile").write_text(
             f"FROM {RUNTIME_IMAGE}\n"
-            "# The one change from a user's build: pip finds airflow-secrets-sidecar in this checkout's wheel.\n"
+            "# As the snippet says to do before a release: pip finds airflow-secrets-sidecar in the wheel.\n"
             "COPY wheels /wheels\n"
             "ENV PIP_FIND_LINKS=/wheels\n"
-            f"# deploy/astro/Dockerfile.snippet after its FROM line:\n{snippet_lines()}"
+            f"# deploy/astro/Dockerfile.snippet, pasted under the FROM:\n{snippet_lines()}"
         )
         build = subprocess.run(
             [DOCKER, "build", "--progress", "plain", "--network", "host", "-t", PROJECT_IMAGE, str(context)],
