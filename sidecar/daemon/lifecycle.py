@@ -20,6 +20,7 @@ from sidecar.daemon.cache import STALE_AFTER, Cache
 from sidecar.daemon.catalog.listing import Catalog
 from sidecar.daemon.catalog.warmup import WarmUp
 from sidecar.daemon.events import open_events
+from sidecar.daemon.harden import harden
 from sidecar.daemon.http.handler import Handler
 from sidecar.daemon.http.listen import Listener
 from sidecar.daemon.http.scrape import ScrapeListener
@@ -178,6 +179,10 @@ async def serve(settings: Settings, on_started: Callable[[Daemon], None] | None 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
     daemon = Daemon(settings)
+    if settings.harden:
+        daemon.metrics.hardened.set(harden())  # before the first AWS call, and before any secret is held
+    else:
+        log.warning("SIDECAR_HARDEN=false: a core dump or a debugger of this user can read its secrets: debug only")
     try:
         await daemon.start()
         log.info(

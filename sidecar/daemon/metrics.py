@@ -47,6 +47,11 @@ class Metrics:
         Gauge(
             "sidecar_build_info", "The daemon's version (the value is always 1).", ["version"], registry=self.registry
         ).labels(__version__).set(1)
+        self.hardened = Gauge(
+            "sidecar_hardened",
+            "1 when core dumps are off and no debugger of the same user may attach (SIDECAR_HARDEN), else 0.",
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "sidecar_ready", "1 while /readyz answers 200 (warm, or serving lazily), else 0.", registry=self.registry
         )

@@ -148,6 +148,8 @@ class Settings:
     # Mode sns: this daemon's queue is named prefix + identity (default: the host name, a pod's name).
     events_queue_prefix: str = "airflow-secrets-sidecar-"
     events_identity: str | None = None
+    # Core dumps off and no debugger of the same user (sidecar/daemon/harden.py); false to debug.
+    harden: bool = True
 
 
 # Each setting's default, written once: in the field above.
@@ -315,6 +317,7 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
         max_requests=_setting(args, environ, "max_requests", _positive_int),
         max_connections=_setting(args, environ, "max_connections", _positive_int),
         request_timeout=_setting(args, environ, "request_timeout", _positive_float),
+        harden=_setting(args, environ, "harden", _bool),
         **_events(args, environ, task_pod),
     )
 
