@@ -95,6 +95,14 @@ test-helm: $(VENV)/.helm-installed
 	tests/helm/prepare.sh $(HELM_DIR)
 	SIDECAR_TEST_HELM_DIR=$(HELM_DIR) $(BIN)/python -m pytest -p no:cacheprovider -s tests/helm/chart_checks.py
 
+# deploy/prometheus/: promtool checks the alerting rules and runs their unit tests, then a real
+# Prometheus scrapes a real daemon (moto as AWS) under load and must find every series the
+# dashboard and the alerts read, and see SidecarDown fire once the daemon stops
+# (tests/prometheus/). tests/prometheus/prepare.sh installs Debian's prometheus on Debian as root.
+test-prometheus: $(VENV)/.dev-installed
+	tests/prometheus/prepare.sh
+	$(BIN)/python -m pytest -p no:cacheprovider -s tests/prometheus/prometheus_checks.py
+
 # QUICK=1: the quick forms of bench, fleet and bench-defaults, as CI runs them: every correctness
 # check (a wrong value read fails each), with small timing sweeps. The figures in docs/ come from the
 # full forms.
