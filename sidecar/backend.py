@@ -9,7 +9,7 @@ parsing, tasks, triggers) and must never pull in boto3, botocore, aiobotocore or
 kwargs: `url` (default `SIDECAR_URL` or http://127.0.0.1:2779), `unix_socket` (a path, default
 `SIDECAR_UNIX_SOCKET`: used instead of TCP), `token` / `token_file` (default `SIDECAR_TOKEN_FILE`,
 else `SIDECAR_TOKEN`: a file wins, as at the daemon; the whole rule, the same for the CLI, is in
-sidecar/client.py), `timeout` (s),
+sidecar/client.py), `timeout` (s an answer of the daemon may take, above 0, default 10),
 `startup_wait` (s the first lookup of a process waits for a daemon still starting, default 5),
 `autostart` (true, or the path of an `airflow-secrets-sidecar` executable: with `unix_socket`, start
 the daemon when none answers, once per socket however many processes race; see sidecar/autostart.py),
@@ -18,6 +18,9 @@ answers), `fallback_kwargs` (that backend's kwargs; default `SIDECAR_BACKEND_KWA
 `source` ("secretsmanager" or "ssm": which provider backend) and `local_ttl` (s this process
 answers a key again from the daemon's last answer without asking it, found or not; default 5, 0 for
 never; docs/configuration.md#answers-kept-in-each-process says why and what it adds to each bound).
+
+A 404 is None only as the daemon sends it (`client.is_not_found`): another server's 404 (a wrong
+port, a proxy) is an error, or Airflow would go on as if AWS held nothing.
 
 A daemon that is too busy (429) is asked again after its `Retry-After`, for at most `timeout`
 seconds in all. After a 401, a `token_file` is re-read and the request retried a few times over
@@ -162,10 +165,14 @@ def _source(source: str | None) -> str:
     return source
 
 
-def _local_ttl(local_ttl: Any) -> float:
-    if isinstance(local_ttl, bool) or not isinstance(local_ttl, (int, float)) or not 0 <= local_ttl < math.inf:
-        raise SidecarError(f"backend_kwargs 'local_ttl' must be a number of seconds, 0 or more, got {local_ttl!r}")
-    return float(local_ttl)
+def _seconds(name: str, value: Any, *, zero: bool = True) -> float:
+    """A kwarg in seconds: a JSON number (not text, not true or false); 0 only if `zero`."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not 0 <= value < math.inf or (value == 0 and not zero):
+        raise SidecarError(
+            f"backend_kwargs {name!r} must be a number of seconds, {'0 or more' if zero else 'above 0'}, got {value!r}"
+        )
+    return float(value)
 
 
 def _autostart(autostart: bool | str) -> bool | str:
@@ -221,11 +228,11 @@ class SidecarSecretsBackend(BaseSecretsBackend):
     ) -> None:
         super().__init__()
         _refuse_unknown(kwargs)
-        self.local_ttl = _local_ttl(local_ttl)
+        self.local_ttl = _seconds("local_ttl", local_ttl)
         self.on_unavailable = _on_unavailable(on_unavailable)
         self.source = _source(source)
-        self.startup_wait = float(startup_wait)
-        self.timeout = float(timeout)
+        self.startup_wait = _seconds("startup_wait", startup_wait)
+        self.timeout = _seconds("timeout", timeout, zero=False)
         self._fallback_kwargs = fallback_kwargs
         self._fallback: Any = None  # sidecar.direct's, built when first needed
         self._reached = False  # once the daemon answered, a refused connection fails at once
@@ -262,6 +269,8 @@ class SidecarSecretsBackend(BaseSecretsBackend):
     # --- HTTP ---
 
     def _lookup(self, kind: str, key: str, team: str | None) -> str | None:
+        if not key:
+            return None  # no secret is named by an empty key: the daemon has no path for one
         if TEAM_SEP in key and self._in_multi_team_mode():
             # As the provider backends do: such an id could name another team's secret.
             log.warning(
@@ -288,16 +297,22 @@ class SidecarSecretsBackend(BaseSecretsBackend):
 
     def _ask(self, kind: str, key: str, team: str | None) -> str | None:
         path = _path(kind, key, team)
-        status, body, retry_after, _ = self._request(path)
+        status, body, retry_after, cache = self._request(path)
         if status == 429 or status == 401:
-            status, body = self._ask_again(path, status, body, retry_after)
+            status, body, cache = self._ask_again(path, status, body, retry_after)
         if status == 200:
             value = _value(body)
             if value is None:
                 raise SidecarError(f"the sidecar at {self._where} sent a malformed answer for {kind} {key!r}")
             return self._keep(kind, key, team, value)
         if status == 404:
-            return self._keep(kind, key, team, None)
+            if client.is_not_found(body, cache):
+                return self._keep(kind, key, team, None)
+            raise SidecarError(
+                f"{self._where} answered 404 for {kind} {key!r}, but not as the sidecar does: another server "
+                "listens there (a wrong port, a proxy?). Point backend_kwargs 'url' / 'unix_socket' at "
+                "`airflow-secrets-sidecar serve`"
+            )
         try:
             message = json.loads(body).get("message", "")
         except ValueError:
@@ -326,9 +341,12 @@ class SidecarSecretsBackend(BaseSecretsBackend):
                 answers[kind, key, team] = (_clock(), value)
         return value
 
-    def _ask_again(self, path: bytes, status: int, body: bytes, retry_after: str | None) -> tuple[int, bytes]:
+    def _ask_again(
+        self, path: bytes, status: int, body: bytes, retry_after: str | None
+    ) -> tuple[int, bytes, bytes | None]:
         """Ask again, within `timeout` in all, while the daemon is busy (429) or refuses a token
-        that may have been rotated since this process read it (401); the last status and body."""
+        that may have been rotated since this process read it (401); the last status, body and X-Cache."""
+        cache = None
         deadline = time.monotonic() + self.timeout
         token_pauses = iter(TOKEN_RETRY_PAUSES if self._token_file else ())
         while True:
@@ -345,8 +363,8 @@ class SidecarSecretsBackend(BaseSecretsBackend):
                 self._token = self._read_token_file()  # the token may have been rotated
             else:
                 break
-            status, body, retry_after, _ = self._request(path)
-        return status, body
+            status, body, retry_after, cache = self._request(path)
+        return status, body, cache
 
     def _request(self, path: bytes) -> tuple[int, bytes, str | None, bytes | None]:
         """GET `path`: status, body, Retry-After, X-Cache. The first lookup of a process waits up to `startup_wait`."""
@@ -380,6 +398,8 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         except client.ProtocolError as exc:
             raise SidecarError(f"the sidecar at {self._where} sent a malformed answer: {exc}") from None
         except OSError as exc:
+            if isinstance(exc, PermissionError) and self.unix_socket:
+                raise SidecarError(client.socket_denied(self.unix_socket)) from None
             # Refused, or no socket file: nobody listens (yet). Anything else is a sick daemon.
             unreachable = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
             raise (SidecarUnreachable if unreachable else SidecarError)(

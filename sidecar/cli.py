@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import quote
 
 from sidecar import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, KINDS, __version__, client
@@ -114,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     _serve_flags(commands.add_parser("check", help="validate the configuration and list the prefixes"))
     demo = commands.add_parser("demo", help="run the daemon against an embedded AWS emulation")
     demo.add_argument("--port", default=str(DEFAULT_PORT), help=f"port for the daemon (default {DEFAULT_PORT})")
-    get = commands.add_parser("get", help="ask a running daemon for one value (prints it)")
+    get = commands.add_parser(
+        "get",
+        help="ask a running daemon for one value (prints it)",
+        description="Ask a running daemon for one value and print it. The token it sends, as the Airflow "
+        "backend finds it: the file SIDECAR_TOKEN_FILE names, else SIDECAR_TOKEN, else, with a Unix socket, "
+        "the token file autostart writes beside it.",
+    )
     get.add_argument("kind", choices=KINDS)
     get.add_argument("key")
     get.add_argument("--team")
@@ -131,10 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "get":
-        return _get(args)
-    if args.command == "probe":
-        return _probe("/readyz" if args.ready else "/healthz")
+    environ, links = _without_service_links(os.environ)
+    if args.command in ("get", "probe"):
+        for note in links:
+            print(f"airflow-secrets-sidecar: {note}", file=sys.stderr)
+        if args.command == "get":
+            return _get(args, environ)
+        return _probe("/readyz" if args.ready else "/healthz", environ)
     try:
         import aiobotocore  # noqa: F401
         import aiohttp  # noqa: F401
@@ -150,14 +159,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(port=args.port)
     try:
-        settings = load_settings(args, os.environ)
+        settings = load_settings(args, environ)
     except ConfigError as exc:
         print(f"airflow-secrets-sidecar: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    for note in links:
+        log.warning("%s", note)
     if args.command == "check":
-        return asyncio.run(_check(settings))
+        try:
+            return asyncio.run(_check(settings))
+        except ConfigError as exc:
+            print(f"airflow-secrets-sidecar: configuration error: {exc}", file=sys.stderr)
+            return 2
     return run_serve(settings)
+
+
+# Kubernetes gives every pod in a namespace <NAME>_PORT=tcp://<ip>:<port> for each Service there:
+# SIDECAR_PORT for a Service named `sidecar`. Such a value is not the daemon's setting.
+SERVICE_LINK = ("tcp://", "udp://", "sctp://")
+
+
+def _without_service_links(environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """`environ` without the SIDECAR_*_PORT service links Kubernetes set, and a note on each."""
+    links = [
+        name
+        for name, value in environ.items()
+        if name.startswith("SIDECAR_") and name.endswith("_PORT") and value.startswith(SERVICE_LINK)
+    ]
+    notes = [
+        f"{name}={environ[name]!r} is the Kubernetes service link of a Service named "
+        f"{name[: -len('_PORT')].lower().replace('_', '-')!r}, not a port: ignored, the default applies"
+        for name in links
+    ]
+    return {name: value for name, value in environ.items() if name not in links}, notes
 
 
 # The daemon reaches AWS through aiohttp. Where httpx is installed (Airflow depends on it, so in
@@ -195,8 +230,8 @@ def run_serve(settings: Settings) -> int:
     except ConfigError as exc:
         print(f"airflow-secrets-sidecar: configuration error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"airflow-secrets-sidecar: cannot listen: {exc} (change --port / SIDECAR_PORT)", file=sys.stderr)
+    except OSError as exc:  # where it listens says what to change itself, as a ConfigError
+        print(f"airflow-secrets-sidecar: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -206,8 +241,9 @@ async def _check(settings: Settings) -> int:
     from sidecar.daemon.metrics import Metrics
     from sidecar.daemon.sources import UpstreamError, open_source
 
-    print(f"configuration ok: source {settings.source}, ttl {settings.ttl:g}s, negative ttl {settings.negative_ttl:g}s")
-    async with open_source(settings, Metrics()) as source:
+    async with open_source(settings, Metrics()) as source:  # a ConfigError if AWS's client refuses it
+        ttls = f"ttl {settings.ttl:g}s, negative ttl {settings.negative_ttl:g}s"
+        print(f"configuration ok: source {settings.source}, {ttls}")
         for prefix in Names(settings.store).listed_prefixes():
             try:
                 names = await source.list_secrets([prefix])
@@ -239,31 +275,39 @@ def _ask(endpoint: Endpoint, path: str) -> tuple[int, bytes, bytes | None]:
     return status, body, cache
 
 
-def _probe(path: str) -> int:
+def _probe(path: str, environ: Mapping[str, str]) -> int:
     """Exit 0 when the local daemon answers `path` with 200; else say why on stderr."""
     try:
-        endpoint = locate(daemon_settings=True)  # no token: /healthz and /readyz need none
+        endpoint = locate(daemon_settings=True, environ=environ)  # no token: /healthz and /readyz need none
     except ValueError as exc:
         print(f"{path}: {_address_error(exc)}", file=sys.stderr)
         return 1
     try:
         status, body, _ = _ask(endpoint, path)
     except (OSError, client.ProtocolError) as exc:
-        print(f"{path}: no answer from the sidecar at {endpoint.where}: {exc}", file=sys.stderr)
+        print(f"{path}: {_unanswered(endpoint, exc)}", file=sys.stderr)
         return 1
     if status != 200:
         print(f"{path}: {status} {body.decode('utf-8', 'replace')}", file=sys.stderr)
     return 0 if status == 200 else 1
 
 
+def _unanswered(endpoint: Endpoint, exc: Exception) -> str:
+    if isinstance(exc, PermissionError) and endpoint.unix_socket:
+        return client.socket_denied(endpoint.unix_socket)
+    if isinstance(exc, client.ProtocolError):
+        return f"the sidecar at {endpoint.where} sent a malformed answer: {exc}"
+    return f"no answer from the sidecar at {endpoint.where}: {exc}"
+
+
 def _address_error(exc: ValueError) -> str:
     return f"the sidecar's address (--url, SIDECAR_URL, or SIDECAR_HOST and SIDECAR_PORT) {exc}"
 
 
-def _get_endpoint(args: argparse.Namespace) -> Endpoint | None:
+def _get_endpoint(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Endpoint | None:
     """The endpoint and token `get` asks with, as the backend resolves them; None after saying why."""
     try:
-        return resolve(args.url, args.unix_socket, daemon_settings=True)
+        return resolve(args.url, args.unix_socket, daemon_settings=True, environ=environ)
     except OSError as exc:
         print(f"cannot read the sidecar token file {exc.filename!r}: {exc.strerror}", file=sys.stderr)
     except ValueError as exc:
@@ -271,8 +315,8 @@ def _get_endpoint(args: argparse.Namespace) -> Endpoint | None:
     return None
 
 
-def _get(args: argparse.Namespace) -> int:
-    endpoint = _get_endpoint(args)
+def _get(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    endpoint = _get_endpoint(args, environ)
     if endpoint is None:
         return 2
     path = f"/v1/{args.kind}/{quote(args.key, safe='')}"
@@ -281,11 +325,8 @@ def _get(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         status, body, cache = _ask(endpoint, path)
-    except client.ProtocolError as exc:
-        print(f"the sidecar at {endpoint.where} sent a malformed answer: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"cannot reach the sidecar at {endpoint.where}: {exc}", file=sys.stderr)
+    except (OSError, client.ProtocolError) as exc:
+        print(_unanswered(endpoint, exc), file=sys.stderr)
         return 2
     took = f"{1000 * (time.perf_counter() - started):.1f} ms"
     shown = None if cache is None else cache.strip().decode("latin-1")
@@ -293,6 +334,17 @@ def _get(args: argparse.Namespace) -> int:
         print(json.loads(body)["value"])
         print(f"({shown}, {took})", file=sys.stderr)
         return 0
+    text = body[:500].decode("utf-8", "replace")
+    if status == 404 and not client.is_not_found(body, cache):
+        print(
+            f"{endpoint.where} answered 404, but not as the sidecar does: another server listens there "
+            f"(a wrong port, a proxy?): {text}",
+            file=sys.stderr,
+        )
+        return 2
     cache_note = "" if shown is None else f", X-Cache: {shown}"
-    print(f"{status}{cache_note}: {body.decode('utf-8', 'replace')}", file=sys.stderr)
+    token_note = ""
+    if status == 401:
+        token_note = " (give `get` the sidecar's token: SIDECAR_TOKEN_FILE=<its file>, or SIDECAR_TOKEN=<the token>)"
+    print(f"{status}{cache_note}: {text}{token_note}", file=sys.stderr)
     return 1 if status == 404 else 2

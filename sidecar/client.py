@@ -29,6 +29,7 @@ and address, kept at module level: Airflow versions that build a new backend obj
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import struct
@@ -155,6 +156,15 @@ def read_token_file(path: str) -> str:
     raise OSError(errno.EINVAL, reason, path)
 
 
+def socket_denied(unix_socket: str) -> str:
+    """What to do when this process may not open the daemon's socket (EACCES)."""
+    return (
+        f"this process (uid {os.getuid()}) may not open the sidecar's socket {unix_socket}: run it in the "
+        "group the daemon gives the socket to (its --unix-socket-group / SIDECAR_UNIX_SOCKET_GROUP), or as "
+        "the daemon's user"
+    )
+
+
 def token_path(unix_socket: str) -> str:
     """The token file autostart generates beside the socket when no token is configured."""
     return os.path.join(os.path.dirname(os.path.abspath(unix_socket)), "token")
@@ -222,6 +232,18 @@ def request_tail(token: str) -> bytes:
     """What follows `GET <path>` in a request to the daemon: the version, Host, the token if any."""
     header = f"{TOKEN_HEADER}: {token}\r\n" if token else ""
     return f" HTTP/1.1\r\nHost: localhost\r\n{header}\r\n".encode()
+
+
+def is_not_found(body: bytes, cache: bytes | None) -> bool:
+    """Whether a 404 is the daemon's "no such key": it sends `X-Cache` and its JSON error code with
+    it. Another server's 404 (a wrong port, a proxy) is not: taken for one, Airflow would go on to
+    its other sources as if AWS held nothing."""
+    if cache is None:
+        return False
+    try:
+        return json.loads(body).get("error") == "not_found"
+    except (ValueError, AttributeError):  # not JSON, or not an object
+        return False
 
 
 def _connections() -> dict[Address, tuple[socket.socket, float]]:

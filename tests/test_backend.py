@@ -704,3 +704,137 @@ def test_unix_socket_not_there_names_the_socket_and_the_command(short_dir):
     assert path in str(raised.value)
     assert "unix_socket" in str(raised.value)
     assert "airflow-secrets-sidecar serve" in str(raised.value)
+
+
+# --- another server where the daemon should be ---
+
+
+class ForeignServer:
+    """An HTTP server that is not the daemon: it answers every request 404 with `body` and `headers`."""
+
+    def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+        import http.server
+
+        class Answer404(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(404)
+                for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer404)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b"<html><body>404 Not Found</body></html>", {"Content-Type": "text/html"}),  # a web server
+        (b'{"error": "not_found", "reason": "missing"}', {"Content-Type": "application/json"}),  # a JSON API
+        (b"<html>ERR_NOT_FOUND</html>", {"X-Cache": "MISS from proxy"}),  # a caching proxy
+    ],
+    ids=["html", "json", "proxy"],
+)
+def test_a_404_from_another_server_is_an_error_naming_its_address(body, headers):
+    server = ForeignServer(body, headers)
+    try:
+        backend = SidecarSecretsBackend(url=server.url, token=TOKEN)
+        with pytest.raises(SidecarError) as raised:
+            backend.get_variable("v")
+    finally:
+        server.close()
+
+    message = str(raised.value)
+    assert server.url in message
+    assert "404" in message
+    assert "'url'" in message
+
+
+def test_an_empty_key_names_no_secret(aws, start_daemon):
+    backend = SidecarSecretsBackend(url=start_daemon().url, token=TOKEN)
+
+    assert backend.get_variable("") is None
+    assert backend.get_conn_value("") is None
+    assert aws.total() == 0
+
+
+@pytest.mark.parametrize(
+    ("kwarg", "bad"),
+    [
+        ("timeout", "soon"),
+        ("timeout", "10"),
+        ("timeout", 0),
+        ("timeout", -1),
+        ("timeout", None),
+        ("timeout", float("nan")),
+        ("startup_wait", "a while"),
+        ("startup_wait", -0.5),
+        ("startup_wait", [5]),
+        ("startup_wait", True),
+    ],
+)
+def test_a_bad_timeout_or_startup_wait_names_the_kwarg(kwarg, bad):
+    with pytest.raises(SidecarError) as raised:
+        SidecarSecretsBackend(url="http://127.0.0.1:2779", token=TOKEN, **{kwarg: bad})
+
+    message = str(raised.value)
+    assert f"backend_kwargs {kwarg!r}" in message
+    assert "seconds" in message
+    assert repr(bad) in message
+
+
+def test_timeout_and_startup_wait_take_json_numbers():
+    backend = SidecarSecretsBackend(url="http://127.0.0.1:2779", token=TOKEN, timeout=2.5, startup_wait=0)
+
+    assert (backend.timeout, backend.startup_wait) == (2.5, 0.0)
+
+
+def _lookup_in_a_child_denied_the_socket(path: str) -> str:
+    """`get_variable` in a forked child that may not open `path`: as `nobody` when this runs as root
+    (root opens any socket), else as this user, to whom the socket's mode (000) denies it."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the outcome through the pipe, whatever happens
+        outcome = "no error"
+        try:
+            if os.geteuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            SidecarSecretsBackend(unix_socket=path, token=TOKEN, startup_wait=0).get_variable("v")
+        except BaseException as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        finally:
+            os.write(writer, outcome.encode())
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        outcome = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return outcome
+
+
+def test_a_socket_this_process_may_not_open_names_the_group_setting(short_dir):
+    path = os.path.join(short_dir, "sidecar.sock")
+    os.chmod(short_dir, 0o755)  # the socket's own mode denies, not its directory's
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listening:
+        listening.bind(path)
+        listening.listen(1)
+        os.chmod(path, 0o000 if os.geteuid() else 0o660)  # root's group and owner only
+
+        outcome = _lookup_in_a_child_denied_the_socket(path)
+
+    assert outcome.startswith("SidecarError: "), outcome
+    assert path in outcome
+    assert "SIDECAR_UNIX_SOCKET_GROUP" in outcome
+    assert "serve` running" not in outcome

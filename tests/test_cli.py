@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -491,3 +492,188 @@ print(json.dumps(sorted(name for name, module in sys.modules.items() if module a
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+# --- configuration the AWS client refuses: one line, exit 2, for check and serve alike ---
+
+
+def _without_region(env: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in env.items() if name not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "source", "named"),
+    [
+        ({}, "secretsmanager", ["region_name", "SIDECAR_BACKEND_KWARGS", "AWS_REGION"]),
+        ({"profile_name": "no-such-profile"}, "secretsmanager", ["profile_name", "'no-such-profile'"]),
+        ({"api_version": "2017-10-17"}, "ssm", ["api_version", "'2017-10-17'", "ssm", "2014-11-06"]),
+    ],
+    ids=["no region", "unknown profile", "another service's api_version"],
+)
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_a_configuration_the_aws_client_refuses_is_one_line_and_exit_2(
+    aws: AwsEmulator, command, kwargs, source, named
+):
+    kwargs = {"endpoint_url": aws.endpoint, **kwargs}
+    if "profile_name" in kwargs or "api_version" in kwargs:
+        kwargs["region_name"] = REGION
+    env = sidecar_env(
+        SIDECAR_TOKEN=TOKEN, SIDECAR_BACKEND_KWARGS=json.dumps(kwargs), SIDECAR_SOURCE=source, SIDECAR_PORT="0"
+    )
+
+    result = run_cli(command, env=_without_region(env))
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("airflow-secrets-sidecar: configuration error: ")
+    for name in named:
+        assert name in lines[0]
+    assert "configuration ok" not in result.stdout
+
+
+# --- where the daemon cannot listen ---
+
+
+@pytest.mark.parametrize("where", ["a missing directory", "a path too long"])
+def test_a_socket_path_the_daemon_cannot_listen_on_names_the_setting_and_the_path(aws: AwsEmulator, short_dir, where):
+    if where == "a missing directory":
+        path = os.path.join(short_dir, "no-such-dir", "sidecar.sock")
+    else:
+        path = os.path.join(short_dir, "x" * 120 + ".sock")
+    env = sidecar_env(SIDECAR_TOKEN=TOKEN, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint), SIDECAR_WARMUP="false")
+
+    result = run_cli("serve", "--unix-socket", path, env=env)
+
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "--unix-socket / SIDECAR_UNIX_SOCKET" in lines[0]
+    assert repr(path) in lines[0]
+    assert "SIDECAR_PORT" not in lines[0]
+
+
+# --- a Kubernetes service link in SIDECAR_PORT ---
+
+
+def test_a_kubernetes_service_link_in_sidecar_port_is_ignored_with_a_warning(aws: AwsEmulator, spawn):
+    """Kubernetes sets SIDECAR_PORT=tcp://<ip>:<port> for a Service named `sidecar`: the default port it is."""
+    host = f"127.0.0.{random.randrange(2, 250)}"  # the default port, on an address of this test's own
+    link = "tcp://10.0.0.5:2779"
+    env = sidecar_env(
+        SIDECAR_TOKEN=TOKEN,
+        SIDECAR_PORT=link,
+        SIDECAR_HOST=host,
+        SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint),
+        SIDECAR_WARMUP="false",
+    )
+    process = spawn("serve", env=env)
+    process.wait_until_healthy(lambda: http.client.HTTPConnection(host, sidecar.DEFAULT_PORT))
+
+    probe = run_cli("probe", env=env)
+
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stderr.count("SIDECAR_PORT") == 1 and link in probe.stderr
+    assert "Kubernetes" in probe.stderr
+    daemon_log = process.output()
+    assert daemon_log.count("SIDECAR_PORT") == 1 and "WARNING" in daemon_log
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+
+
+def test_a_service_link_given_as_the_port_flag_is_still_an_error():
+    result = run_cli("serve", "--port", "tcp://10.0.0.5:2779", env=sidecar_env(SIDECAR_TOKEN=TOKEN))
+
+    assert result.returncode == 2
+    assert "--port / SIDECAR_PORT" in result.stderr
+    assert "'tcp://10.0.0.5:2779'" in result.stderr
+
+
+# --- how `get` gets its token ---
+
+
+def test_get_help_says_where_its_token_comes_from():
+    result = run_cli("get", "--help")
+
+    assert result.returncode == 0
+    assert "SIDECAR_TOKEN_FILE" in result.stdout and "SIDECAR_TOKEN" in result.stdout.replace("SIDECAR_TOKEN_FILE", "")
+
+
+def test_get_refused_for_its_token_says_how_to_give_it_one(aws: AwsEmulator, spawn):
+    _, port = start_tcp_daemon(spawn, SIDECAR_BACKEND_KWARGS=emulator_kwargs(aws.endpoint), SIDECAR_WARMUP="false")
+
+    result = run_cli("get", "variables", "v", "--url", f"http://127.0.0.1:{port}", env=sidecar_env())
+
+    assert result.returncode == 2
+    assert "401" in result.stderr
+    assert "SIDECAR_TOKEN_FILE" in result.stderr and "SIDECAR_TOKEN=" in result.stderr
+
+
+def test_get_of_a_404_from_another_server_is_an_error_not_a_miss():
+    from tests.test_backend import ForeignServer
+
+    server = ForeignServer(b"<html>404</html>", {"Content-Type": "text/html"})
+    try:
+        result = run_cli("get", "variables", "v", "--url", server.url, env=sidecar_env(SIDECAR_TOKEN=TOKEN))
+    finally:
+        server.close()
+
+    assert result.returncode == 2
+    assert server.url in result.stderr and "not as the sidecar does" in result.stderr
+
+
+# --- the demo ---
+
+
+def test_the_demo_prints_a_get_line_that_works_as_printed(spawn):
+    executable = Path(sys.executable).parent / "airflow-secrets-sidecar"  # what `make demo` runs
+    port = free_port()
+    popen = subprocess.Popen(
+        [str(executable), "demo", "--port", str(port)],
+        cwd=ROOT,
+        env=sidecar_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        banner = _banner_of(popen)
+        seeded = [line.strip() for line in banner if line.strip().startswith("airflow/")]
+        assert len(seeded) == 6 and "airflow/variables/greeting" in seeded[0]
+        get_line = next(line.strip() for line in banner if " get variables greeting " in line)
+        assert "SIDECAR_TOKEN=" in get_line
+
+        done = subprocess.run(
+            get_line, shell=True, cwd=ROOT, env=sidecar_env(), capture_output=True, text=True, timeout=30
+        )
+
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "hello from AWS Secrets Manager, via the sidecar\n"
+        text = "".join(banner)
+        assert "AIRFLOW__SECRETS__BACKEND=sidecar.backend.SidecarSecretsBackend" in text
+        assert "[secrets]" in text and "docs/" in text
+    finally:
+        popen.send_signal(signal.SIGINT)
+        try:
+            popen.wait(timeout=EXIT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+        assert popen.stdout is not None
+        popen.stdout.close()
+
+
+def _banner_of(popen: subprocess.Popen[str]) -> list[str]:
+    """The demo's banner: its lines up to the last one, which says how to stop it; bounded by a deadline."""
+    assert popen.stdout is not None
+    lines: list[str] = []
+    timer = threading.Timer(STARTUP_TIMEOUT * 3, popen.kill)  # a demo that never prints ends the read
+    timer.start()
+    try:
+        for line in popen.stdout:
+            lines.append(line)
+            if "Ctrl-C" in line:
+                return lines
+    finally:
+        timer.cancel()
+    pytest.fail(f"the demo ended without its banner:\n{''.join(lines)}")

@@ -609,3 +609,23 @@ def test_settings_repr_never_holds_the_token(tmp_path):
     path = tmp_path / "token"
     path.write_text(TOKEN)
     assert TOKEN not in repr(load(token=False, token_file=str(path)))
+
+
+@pytest.mark.parametrize("name", ["max_entries", "max_upstream", "max_requests", "max_connections"])
+def test_a_fraction_where_a_count_is_expected_says_a_whole_number(name):
+    message = config_error({f"SIDECAR_{name.upper()}": "1.5"})
+
+    assert "must be a whole number above 0, got '1.5'" in message
+
+
+def test_a_port_that_is_no_number_says_a_port_number():
+    assert "must be a port number from 0 to 65535, got 'http'" in config_error({"SIDECAR_PORT": "http"})
+
+
+@pytest.mark.parametrize("inside", [" ", "\t", "\u00a0"])
+def test_a_token_with_whitespace_inside_is_refused(inside):
+    token = TOKEN[:8] + inside + TOKEN[8:]
+    message = config_error({"SIDECAR_TOKEN": token})
+
+    assert "SIDECAR_TOKEN" in message and "spaces" in message
+    assert TOKEN[:8] not in message

@@ -272,3 +272,27 @@ def test_unknown_socket_group_is_a_configuration_error(aws, tmp_path):
 
     with pytest.raises(ConfigError, match="SIDECAR_UNIX_SOCKET_GROUP"):
         make_settings(aws, unix_socket=str(tmp_path / "s.sock"), unix_socket_group="no-such-group-x")
+
+
+@pytest.mark.parametrize(("mode", "warned"), [(0o644, True), (0o604, True), (0o640, False), (0o600, False)])
+def test_a_token_file_every_user_may_read_is_warned_about_once(aws, tmp_path, caplog, mode, warned):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(mode)
+    clock = FakeClock()
+    settings = make_settings(aws, token_file=str(token_file), warmup="false")
+    with caplog.at_level("WARNING"), DaemonThread(settings, timer=clock, background=False) as running:
+        rotated = tmp_path / "token.new"
+        rotated.write_text("rotated-token-abcdefghijklmnop")
+        rotated.chmod(mode)
+        os.replace(rotated, token_file)
+        clock.advance(1.1)
+        assert _request(running.address, "/v1/variables/v", {"X-Sidecar-Token": "rotated-token-abcdefghijklmnop"})[0]
+
+    warnings = [record.getMessage() for record in caplog.records if str(token_file) in record.getMessage()]
+    if not warned:
+        assert warnings == []
+        return
+    assert len(warnings) == 1, warnings
+    assert "chmod 0640" in warnings[0] and "0600" in warnings[0]
+    assert TOKEN not in caplog.text

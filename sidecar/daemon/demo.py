@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import sys
 
 from sidecar.daemon.settings import ConfigError, load_settings
@@ -25,23 +26,49 @@ SAMPLES = {
 }
 
 
+def _here(path: str) -> str:
+    """`path` as a shell in the current directory types it: relative below it, else absolute."""
+    relative = os.path.relpath(path)
+    if relative.startswith(".."):
+        return shlex.quote(os.path.abspath(path))
+    return shlex.quote(relative if os.sep in relative else f"./{relative}")
+
+
+def _command() -> str:
+    """How this process was started, to print commands that work as printed (`make demo`: the venv's script)."""
+    if os.path.basename(sys.argv[0]) == "airflow-secrets-sidecar":
+        return _here(sys.argv[0])
+    return f"{_here(sys.executable)} -m sidecar"
+
+
 def _banner(url: str, token: str, endpoint: str) -> str:
+    get = f"SIDECAR_TOKEN={shlex.quote(token)} {_command()} get"
+    kwargs = json.dumps({"url": url, "token": token})
+    seeded = "\n".join(f"    {name}" for name in SAMPLES)
     return f"""
   airflow-secrets-sidecar demo
   ----------------------------
-  AWS emulation (moto):  {endpoint}   seeded with {len(SAMPLES)} secrets under airflow/
+  AWS emulation (moto):  {endpoint}, seeded with {len(SAMPLES)} secrets:
+{seeded}
   sidecar:               {url}
   token:                 {token}
 
-  Try it:
+  Try it, from another shell in this directory:
+    {get} variables greeting --url {url}
+    {get} connections demo_api --url {url}
+    {get} variables not_there --url {url}   # 404, cached as a miss
     curl -s -H 'X-Sidecar-Token: {token}' {url}/v1/variables/greeting
-    curl -s -H 'X-Sidecar-Token: {token}' {url}/v1/connections/demo_api
-    curl -s -H 'X-Sidecar-Token: {token}' {url}/v1/variables/not_there -i   # 404, cached as a miss
     curl -s {url}/metrics | grep sidecar_
 
-  Point Airflow at it:
+  Read them through Airflow (pip install airflow-secrets-sidecar where Airflow runs): in airflow.cfg
+    [secrets]
+    backend = sidecar.backend.SidecarSecretsBackend
+    backend_kwargs = {kwargs}
+  or in Airflow's environment
     export AIRFLOW__SECRETS__BACKEND=sidecar.backend.SidecarSecretsBackend
-    export AIRFLOW__SECRETS__BACKEND_KWARGS='{{"url": "{url}", "token": "{token}"}}'
+    export AIRFLOW__SECRETS__BACKEND_KWARGS='{kwargs}'
+  and Variable.get("greeting") answers from the sidecar. Against real AWS: README.md
+  (Switch from the stock backend), docs/configuration.md and docs/deployment.md.
 
   Ctrl-C stops the sidecar and the emulation.
 """
@@ -78,7 +105,7 @@ def run_demo(port: str) -> int:
     setup_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings, on_started=lambda daemon: print(_banner(daemon.url, token, endpoint), flush=True)))
-    except OSError as exc:
+    except (ConfigError, OSError) as exc:  # where it listens: a port in use
         print(f"cannot start the demo: {exc} (try `airflow-secrets-sidecar demo --port 2780`)", file=sys.stderr)
         return 1
     finally:

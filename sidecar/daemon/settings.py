@@ -180,18 +180,23 @@ def _share(raw: str) -> float:
     return number
 
 
-def _positive_int(raw: str) -> int:
-    number = int(raw)
-    if number < 1:
-        raise ValueError(f"must be a whole number above 0, got {raw!r}")
+def _whole(raw: str, low: int, high: float, what: str) -> int:
+    """A whole number from `low` to `high`; else ValueError saying `what` is expected ("1.5" is none)."""
+    try:
+        number = int(raw)
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise ValueError(f"must be {what}, got {raw!r}")
     return number
+
+
+def _positive_int(raw: str) -> int:
+    return _whole(raw, 1, float("inf"), "a whole number above 0")
 
 
 def _port(raw: str) -> int:
-    number = int(raw)
-    if not 0 <= number <= 65535:
-        raise ValueError(f"must be a port number from 0 to 65535, got {raw!r}")
-    return number
+    return _whole(raw, 0, 65535, "a port number from 0 to 65535")
 
 
 def _bool(raw: str | bool) -> bool:
@@ -378,7 +383,7 @@ def _token(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str | 
 def check_token(token: str, origin: str) -> None:
     if len(token) < 16:
         raise ConfigError(f"the token from {origin} is too short: use 16 characters or more")
-    if not token.isprintable() or token != token.strip():
+    if not token.isprintable() or any(character.isspace() for character in token):
         raise ConfigError(f"the token from {origin} holds spaces or control characters")
 
 

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from stat import S_IMODE, S_IROTH
 
 from aiohttp import web
 from multidict import istr
@@ -27,6 +28,7 @@ class Token:
 
     The file is checked once a second, and at once (at most every 0.1 s) when a request offers
     another token: an Airflow process that read the rotated file first is not refused meanwhile.
+    A file every user may read is warned about once: whoever reads it reads every secret.
     """
 
     def __init__(self, settings: Settings, timer: Callable[[], float] = time.monotonic) -> None:
@@ -36,8 +38,10 @@ class Token:
         self._mismatch_checked_at = float("-inf")
         self._stamp: tuple[int, int, int] | None = None
         self._value = (settings.token or "").encode()
+        self._warned_readable = False
         if self._file:
-            self._value, self._stamp = _read_with_stamp(self._file)
+            self._value, self._stamp, mode = _read_with_stamp(self._file)
+            self._warn_if_everyone_reads(mode)
 
     def check(self, request: web.BaseRequest) -> web.Response | None:
         """The guard of every lookup: the refusal of a request without the token, else None."""
@@ -74,26 +78,37 @@ class Token:
             if _stamp(stat) == self._stamp:
                 return
         try:
-            value, stamp = _read_with_stamp(self._file)
+            value, stamp, mode = _read_with_stamp(self._file)
         except ConfigError as exc:
             log.error("keeping the previous token: %s", exc)
             return
         self._stamp = stamp
+        self._warn_if_everyone_reads(mode)
         if value != self._value:
             self._value = value
             log.info("token file changed: the new token is in force")
+
+    def _warn_if_everyone_reads(self, mode: int) -> None:
+        if mode & S_IROTH and not self._warned_readable:
+            self._warned_readable = True
+            log.warning(
+                "the token file %r may be read by every user on this host (mode %04o), and with the token "
+                "every secret the sidecar serves: chmod 0640 (the Airflow user's group reads it) or 0600",
+                self._file,
+                S_IMODE(mode),
+            )
 
 
 def _stamp(stat: os.stat_result) -> tuple[int, int, int]:
     return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
 
-def _read_with_stamp(path: str) -> tuple[bytes, tuple[int, int, int] | None]:
-    """The token in `path` and the stamp of the very file it was read from."""
+def _read_with_stamp(path: str) -> tuple[bytes, tuple[int, int, int] | None, int]:
+    """The token in `path`, and the stamp and mode of the very file it was read from."""
     try:
-        stamp = _stamp(os.stat(path))
+        stat = os.stat(path)
     except OSError:
-        stamp = None
+        stat = None
     token = read_token_file(path).encode()
     # Taken before the read: a rotation after it changes the stamp and is seen at the next check.
-    return token, stamp
+    return token, _stamp(stat) if stat else None, stat.st_mode if stat else 0

@@ -15,7 +15,14 @@ from aiobotocore.config import AioConfig
 from aiobotocore.credentials import AioAssumeRoleCredentialFetcher, AioDeferredRefreshableCredentials
 from aiobotocore.session import AioSession
 from botocore.credentials import CredentialProvider
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, ProfileNotFound
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    DataNotFoundError,
+    NoCredentialsError,
+    NoRegionError,
+    ProfileNotFound,
+)
 from botocore.parsers import ResponseParserError
 
 from sidecar import __version__
@@ -202,8 +209,9 @@ async def open_client(
     }
     kwargs: dict[str, Any] = {"config": config}
     kwargs.update((key, value) for key, value in options.items() if value not in (None, ""))
+    session = _session(store)
     try:
-        client_context = _session(store).create_client(service, **kwargs)
+        client_context = session.create_client(service, **kwargs)
         client = await client_context.__aenter__()
     except ProfileNotFound:
         raise ConfigError(
@@ -213,6 +221,14 @@ async def open_client(
     except NoRegionError:
         raise ConfigError(
             "no AWS region: set region_name in --backend-kwargs / SIDECAR_BACKEND_KWARGS, or AWS_REGION"
+        ) from None
+    except DataNotFoundError:
+        if "api_version" not in kwargs:
+            raise  # botocore's own data is missing: a broken install, not the configuration
+        known = session.get_component("data_loader").list_api_versions(service, "service-2")
+        raise ConfigError(
+            f"--backend-kwargs / SIDECAR_BACKEND_KWARGS: api_version {store.api_version!r} is not a version of "
+            f"{service} this botocore knows; it knows {', '.join(known)} (or leave api_version out)"
         ) from None
     service_id = client.meta.service_model.service_id.hyphenize()
     for api in NOT_RETRIED_WHEN_THROTTLED:
