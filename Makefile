@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-pythons test-airflow2 test-airflow-versions test-image test-helm test-prometheus test-astro lint bench bench-defaults fleet soak constraints dist clean
+.PHONY: demo test test-pythons test-airflow2 test-airflow-versions test-image test-helm test-prometheus test-systemd test-astro lint bench bench-defaults fleet soak constraints dist clean
 
 # Every venv installs with uv, which pip puts in it first: one download and build cache for all of
 # them (~/.cache/uv), and an Airflow install in seconds where pip takes a minute of CPU. Bytecode is
@@ -102,6 +102,12 @@ test-helm: $(VENV)/.helm-installed
 test-prometheus: $(VENV)/.dev-installed
 	tests/prometheus/prepare.sh
 	$(BIN)/python -m pytest -p no:cacheprovider -s tests/prometheus/prometheus_checks.py
+
+# deploy/systemd/ as systemd reads and scores it: `systemd-analyze verify` and `security`
+# (tests/systemd/); tests/systemd/prepare.sh installs systemd on Debian as root where it is missing.
+test-systemd: $(VENV)/.dev-installed
+	tests/systemd/prepare.sh
+	$(BIN)/python -m pytest -p no:cacheprovider -s tests/systemd/systemd_checks.py
 
 # QUICK=1: the quick forms of bench, fleet and bench-defaults, as CI runs them: every correctness
 # check (a wrong value read fails each), with small timing sweeps. The figures in docs/ come from the

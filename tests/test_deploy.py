@@ -1,5 +1,6 @@
-"""The deployment examples (deploy/, Dockerfile) name only settings the code reads, keep the daemon on loopback,
-and the Astro wrapper script really starts the daemon and hands a working token to Airflow."""
+"""The deployment examples (deploy/, Dockerfile) name only settings the code reads, keep the daemon's /v1 on
+loopback with its port pinned, probe and scrape it on its metrics port, and the Astro wrapper script really starts
+the daemon and hands a working token to Airflow."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
-from sidecar.daemon.settings import _is_loopback, load_settings, parse_backend_kwargs
+from sidecar.daemon.settings import Settings, _is_loopback, load_settings, parse_backend_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -32,16 +34,33 @@ DEPLOY = ROOT / "deploy"
 YAML_FILES = sorted(path for folder in ("helm", "kubernetes") for path in (DEPLOY / folder).rglob("*.y*ml"))
 SHELL_SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
 ENV_FILES = sorted(DEPLOY.rglob(".env*"))
-TEXT_FILES = sorted({*YAML_FILES, *SHELL_SCRIPTS, *ENV_FILES, *DEPLOY.rglob("Dockerfile*"), ROOT / "Dockerfile"})
+MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+PODMONITOR = DEPLOY / "prometheus" / "podmonitor.yaml"
+SYSTEMD_FILES = sorted((DEPLOY / "systemd").glob("*"))
+TEXT_FILES = sorted(
+    {*YAML_FILES, *SHELL_SCRIPTS, *ENV_FILES, *DEPLOY.rglob("Dockerfile*"), ROOT / "Dockerfile"}
+    | {PODMONITOR, *SYSTEMD_FILES}
+)
 WRAPPER = DEPLOY / "astro" / "start-with-sidecar.sh"
 ASTRO_SNIPPET = DEPLOY / "astro" / "Dockerfile.snippet"
 ASTRO_ENV = DEPLOY / "astro" / ".env.example"
 
 # A whole SIDECAR_* name: not the tail of another variable (AIRFLOW_SECRETS_SIDECAR_WAIT), not `SIDECAR_*`.
 SETTING_NAME = re.compile(r"(?<![A-Z0-9_])SIDECAR_[A-Z0-9_]*[A-Z0-9]")
+LABEL_REF = re.compile(r"metadata\.labels\['([^']+)'\]")
 CONTAINER_LISTS = ("containers", "initContainers", "extraContainers", "extraInitContainers")
 INIT_LISTS = ("initContainers", "extraInitContainers")
 BACKEND_CLASS = "sidecar.backend.SidecarSecretsBackend"
+# /v1's port, pinned in every daemon's env: Kubernetes gives each container SIDECAR_PORT=tcp://... for a
+# Service named `sidecar`. The metrics port (/metrics, /healthz, /readyz) by its container port's name.
+PINNED_PORT = "2779"
+METRICS_PORT, METRICS_PORT_NAME = 9779, "sidecar-metrics"
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(METRICS_PORT),
+    "prometheus.io/path": "/metrics",
+}
+PROBE_PATHS = {"startupProbe": "/healthz", "livenessProbe": "/healthz", "readinessProbe": "/readyz"}
 
 
 class _RecordingEnviron(dict[str, str]):
@@ -123,8 +142,70 @@ def _sidecars(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return [(key, c) for key, c in found if "airflow-secrets-sidecar" in str(c.get("image", ""))]
 
 
+def daemon_settings(container: dict[str, Any], labels: dict[str, str] | None = None) -> Settings:
+    """What the daemon in this container runs with: its env as the kubelet resolves it (a label the
+    pod lacks is an empty string), the token's file replaced by a token (no Secret here)."""
+    env = {}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        else:
+            path = item["valueFrom"]["fieldRef"]["fieldPath"]
+            env[item["name"]] = (labels or {}).get(LABEL_REF.fullmatch(path)[1], "")
+    assert env.pop("SIDECAR_TOKEN_FILE")
+    return load_settings(argparse.Namespace(), {**env, "SIDECAR_TOKEN": "t" * 32})
+
+
+def check_probes_and_ports(container: dict[str, Any], settings: Settings) -> None:
+    """/v1's port pinned; the kubelet probes /healthz and /readyz on the metrics port, the only one declared."""
+    assert _env(container).get("SIDECAR_PORT") == PINNED_PORT, "pin SIDECAR_PORT (Kubernetes' service links)"
+    assert settings.port == int(PINNED_PORT) and _is_loopback(settings.host)
+    assert settings.metrics_port == METRICS_PORT
+    # Only the metrics port: /v1 on loopback is reachable by nobody through a declared port.
+    assert container.get("ports") == [{"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT}]
+    assert {"startupProbe", "livenessProbe"} <= set(container), "the kubelet waits for a daemon that listens"
+    for probe in set(PROBE_PATHS) & set(container):
+        # The kubelet's request costs nothing; an exec starts a Python process in the container.
+        assert set(container[probe]) & {"exec", "tcpSocket", "grpc"} == set(), probe
+        assert container[probe]["httpGet"] == {"path": PROBE_PATHS[probe], "port": METRICS_PORT_NAME}, probe
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a pod's labels."""
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    tests = {
+        "In": lambda key, values: labels.get(key) in values,
+        "NotIn": lambda key, values: labels.get(key) not in values,
+        "Exists": lambda key, _: key in labels,
+        "DoesNotExist": lambda key, _: key not in labels,
+    }
+    return all(tests[e["operator"]](e["key"], e.get("values") or []) for e in selector.get("matchExpressions") or [])
+
+
+def scrape_targets(pod: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """What deploy/prometheus/podmonitor.yaml scrapes in this pod, as the Prometheus Operator's pod
+    discovery finds it (init containers included): (container, path, port) for each endpoint."""
+    (monitor,) = _documents(PODMONITOR)
+    if not _matches(monitor["spec"]["selector"], pod["metadata"].get("labels") or {}):
+        return []
+    containers = [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]
+    return [
+        (c["name"], endpoint["path"], port["containerPort"])
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]
+        for c in containers
+        for port in c.get("ports") or []
+        if port.get("name") == endpoint["port"]
+    ]
+
+
+def _pods(path: Path) -> list[dict[str, Any]]:
+    """The pods a manifest makes: a Pod, or a workload's pod template."""
+    return [doc if doc["kind"] == "Pod" else doc["spec"]["template"] for doc in _documents(path) if "spec" in doc]
+
+
 def test_there_is_something_to_check() -> None:
-    assert YAML_FILES and SHELL_SCRIPTS and ENV_FILES
+    assert YAML_FILES and SHELL_SCRIPTS and ENV_FILES and SYSTEMD_FILES and PODMONITOR.exists()
     # The recorder must see load_settings' reads, or the name check below would be vacuous.
     assert {"SIDECAR_TTL", "SIDECAR_HOST", "SIDECAR_BACKEND_KWARGS", "SIDECAR_TOKEN_FILE"} <= KNOWN_NAMES
 
@@ -144,14 +225,46 @@ def test_sidecar_containers_stay_on_loopback(path: Path) -> None:
         env = _env(container)
         assert _is_loopback(env.get("SIDECAR_HOST", "127.0.0.1")), "SIDECAR_HOST must stay loopback"
         assert env.get("SIDECAR_ALLOW_REMOTE", "false").lower() in ("", "0", "false", "no", "off")
-        assert not container.get("ports"), "a port on a loopback-only daemon is reachable by nobody"
         # Native sidecar: up before Airflow, down after it.
         assert list_key in INIT_LISTS and container.get("restartPolicy") == "Always"
-        # The kubelet probes the pod IP, where the daemon does not listen: probes must run inside.
-        assert {"startupProbe", "livenessProbe"} <= set(container), "the kubelet waits for a daemon that listens"
-        for probe in {"startupProbe", "livenessProbe", "readinessProbe"} & set(container):
-            assert set(container[probe]) & {"httpGet", "tcpSocket", "grpc"} == set()
-            assert container[probe]["exec"]["command"][:2] == ["airflow-secrets-sidecar", "probe"]
+        check_probes_and_ports(container, daemon_settings(container))
+
+
+def test_the_helm_values_annotate_every_pod_with_a_daemon_for_prometheus() -> None:
+    """Per component: the chart's airflowPodAnnotations would also reach its jobs, which have no daemon."""
+    (values,) = _documents(DEPLOY / "helm" / "values-sidecar.yaml")
+    assert "airflowPodAnnotations" not in values
+    with_sidecar = [c for c in values.values() if isinstance(c, dict) and c.get("extraInitContainers")]
+    assert len(with_sidecar) == 6
+    for component in with_sidecar:
+        assert component["podAnnotations"] == SCRAPE_ANNOTATIONS
+
+
+def test_the_long_lived_pod_is_scraped_and_the_task_pod_is_not() -> None:
+    (worker,) = _pods(DEPLOY / "kubernetes" / "airflow-worker-with-sidecar.yaml")
+    assert worker["metadata"]["annotations"] == SCRAPE_ANNOTATIONS
+    assert scrape_targets(worker) == [("secrets-sidecar", "/metrics", METRICS_PORT)]
+    (task,) = _pods(DEPLOY / "kubernetes" / "pod-template-kubernetes-executor.yaml")
+    assert not task["metadata"].get("annotations")
+    # Airflow labels every task pod so; tests/helm/chart_checks.py builds one with Airflow's own generator.
+    task["metadata"]["labels"] = {"kubernetes_executor": "True", "tier": "airflow"}
+    assert scrape_targets(task) == []
+
+
+def test_the_podmonitor_is_what_the_prometheus_operator_reads() -> None:
+    (monitor,) = _documents(PODMONITOR)
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    assert "namespace" not in monitor["metadata"], "applied in Airflow's namespace, whichever it is"
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint == {"port": METRICS_PORT_NAME, "path": "/metrics", "interval": "30s"}
+    assert len(METRICS_PORT_NAME) <= 15, "Kubernetes' limit for a port name"
+
+
+@pytest.mark.parametrize("version", ["1.29.0", kubernetes_validate.latest_version()])
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_the_manifests_are_valid_kubernetes(path: Path, version: str) -> None:
+    for document in _documents(path):
+        kubernetes_validate.validate(document, version, strict=True)  # raises, naming the field
 
 
 @pytest.mark.parametrize("path", [ROOT / "Dockerfile", *ENV_FILES], ids=lambda p: str(p.relative_to(ROOT)))
@@ -216,7 +329,8 @@ def test_the_astro_recipe_changes_no_entrypoint_and_installs_where_autostart_loo
     from sidecar.autostart import RECIPE_COMMAND, RECIPE_VENV
 
     instructions = _instructions(ASTRO_SNIPPET)
-    assert {line.split()[0] for line in instructions} == {"FROM", "USER", "RUN"}
+    # No FROM: pasted under the project's own FROM, the Runtime; one of its own would start a new stage.
+    assert {line.split()[0] for line in instructions} == {"USER", "RUN"}
     assert instructions[-1] == "USER astro", "hand the image back to Astro's user"
     assert f"python -m venv {RECIPE_VENV}" in ASTRO_SNIPPET.read_text()
     assert f"{RECIPE_VENV}/bin/pip install" in ASTRO_SNIPPET.read_text()

@@ -1,15 +1,16 @@
 """`make test-helm`: deploy/helm/values-sidecar.yaml rendered by a real helm (4 and 3) with the
 official Airflow chart 1.19.0, Airflow 3 under each executor and Airflow 2.10, and every pod the
 chart makes checked as Kubernetes and Airflow will take it: KubernetesExecutor's task pods are
-built by Airflow's own pod generator from the rendered pod_template_file, and each daemon's
-settings are loaded by the daemon's own loader from the env its container gets.
+built by Airflow's own pod generator from the rendered pod_template_file, each daemon's
+settings are loaded by the daemon's own loader from the env its container gets, and what
+deploy/prometheus/podmonitor.yaml and the pods' annotations make Prometheus scrape is worked out
+from the rendered pods.
 
 The chart and helm come from tests/helm/render.py. In CI a missing chart or helm fails; elsewhere
 the checks skip, saying how to get them."""
 
 from __future__ import annotations
 
-import argparse
 import configparser
 import json
 import os
@@ -22,7 +23,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sidecar.daemon.settings import Settings, load_settings
+from sidecar.daemon.settings import Settings
+from tests import test_deploy as deploy
 from tests.helm import render
 from tests.helm.render import RENDERS, Workload
 
@@ -54,7 +56,6 @@ SERVING = {"api-server", "webserver"}
 # Where the chart puts a component's extraVolumeMounts besides its Airflow container (the values
 # file says why the token may be there).
 CHART_FAN_OUT = re.compile(r"wait-for-airflow-migrations|.+-log-groomer")
-LABEL_REF = re.compile(r"metadata\.labels\['([^']+)'\]")
 
 
 # --- the chart, the renders ---
@@ -143,18 +144,8 @@ def task_pod(documents: list[dict[str, Any]], template: dict[str, Any] | None = 
 
 
 def daemon_settings(sidecar: dict[str, Any], pod: dict[str, Any]) -> Settings:
-    """What the daemon in this container runs with: its env as the kubelet resolves it (a label
-    the pod lacks is an empty string), the token's file replaced by a token (no Secret here)."""
-    labels = pod["metadata"].get("labels") or {}
-    env = {}
-    for item in sidecar["env"]:
-        if "value" in item:
-            env[item["name"]] = item["value"]
-        else:
-            path = item["valueFrom"]["fieldRef"]["fieldPath"]
-            env[item["name"]] = labels.get(LABEL_REF.fullmatch(path)[1], "")
-    assert env.pop("SIDECAR_TOKEN_FILE")
-    return load_settings(argparse.Namespace(), {**env, "SIDECAR_TOKEN": "t" * 32})
+    """What the daemon in this container of this pod runs with (its labels feed the downward API)."""
+    return deploy.daemon_settings(sidecar, pod["metadata"].get("labels"))
 
 
 # --- the chart itself ---
@@ -193,8 +184,8 @@ def test_every_airflow_component_has_one_native_sidecar(rendered) -> None:
     for component, workload in found.items():
         sidecar = the_sidecar(component, workload)
         assert sidecar in workload.spec["initContainers"] and sidecar["restartPolicy"] == "Always", component
-        for probe in ("startupProbe", "livenessProbe"):
-            assert sidecar[probe]["exec"]["command"] == ["airflow-secrets-sidecar", "probe"], (component, probe)
+        # SIDECAR_PORT pinned, the metrics port declared and named, every probe an httpGet on it.
+        deploy.check_probes_and_ports(sidecar, daemon_settings(sidecar, workload.pod))
         security = sidecar["securityContext"]
         assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"], component
         assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {"drop": ["ALL"]}
@@ -221,7 +212,27 @@ def test_readiness_holds_back_rollouts_but_never_a_service(rendered) -> None:
         if component in SERVING:
             assert "readinessProbe" not in sidecar, component
         else:
-            assert sidecar["readinessProbe"]["exec"]["command"] == ["airflow-secrets-sidecar", "probe", "--ready"]
+            assert "readinessProbe" in sidecar, component  # /readyz on the metrics port: checked above
+
+
+def test_prometheus_scrapes_each_long_lived_daemon_once_and_nothing_else(rendered) -> None:
+    """By the annotations (a plain Prometheus) and by deploy/prometheus/podmonitor.yaml (the Operator):
+    every long-lived daemon, on its metrics port; no task pod, and no pod without a daemon."""
+    _, documents = rendered
+    with_daemon = airflow_workloads(documents)
+    for component, workload in with_daemon.items():
+        if component == "base":
+            continue
+        annotations = workload.pod["metadata"].get("annotations") or {}
+        assert deploy.SCRAPE_ANNOTATIONS.items() <= annotations.items(), component
+        assert deploy.scrape_targets(workload.pod) == [("secrets-sidecar", "/metrics", deploy.METRICS_PORT)], component
+    if "base" in with_daemon:
+        # Chart 1.19 gives task pods the workers' podAnnotations too; the PodMonitor leaves them out.
+        assert deploy.scrape_targets(task_pod(documents)) == []
+    for name, workload in render.workloads(documents).items():
+        if name not in AIRFLOW_CONTAINER:
+            assert deploy.scrape_targets(workload.pod) == [], name
+            assert "prometheus.io/scrape" not in (workload.pod["metadata"].get("annotations") or {}), name
 
 
 def test_the_token_is_mounted_where_it_is_read_and_where_the_chart_fans_mounts_out(rendered) -> None:
@@ -306,6 +317,9 @@ def test_the_standalone_task_pod_template_mounts_all_the_charts_template_does(re
     pod = task_pod(documents, ours_template)
     (sidecar,) = pod["spec"]["initContainers"]
     assert sidecar["restartPolicy"] == "Always"
-    assert not daemon_settings(sidecar, pod).warmup
+    settings = daemon_settings(sidecar, pod)
+    assert not settings.warmup
+    deploy.check_probes_and_ports(sidecar, settings)
+    assert deploy.scrape_targets(pod) == [], "a task pod is not scraped"
     for version in KUBERNETES:
         kubernetes_validate.validate(pod, version, strict=True)
