@@ -218,7 +218,15 @@ def test_only_settings_the_code_reads_are_named(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_sidecar_containers_stay_on_loopback(path: Path) -> None:
+def test_no_daemon_is_swapped_out(path: Path) -> None:
+    """Kubernetes' node swap leaves out a container whose memory request equals its limit."""
+    for _, container in _sidecars(path):
+        resources = container["resources"]
+        assert resources["requests"]["memory"] == resources["limits"]["memory"], container["name"]
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_sidecar_containers_keep_v1_on_loopback_and_are_probed_on_the_metrics_port(path: Path) -> None:
     sidecars = _sidecars(path)
     assert sidecars, f"no airflow-secrets-sidecar container found in {path.name}"
     for list_key, container in sidecars:

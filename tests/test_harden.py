@@ -29,11 +29,9 @@ if sys.platform != "linux":
 # Root runs the daemon, and the attacker, as nobody; anyone else is unprivileged already. Both keep
 # CAP_DAC_READ_SEARCH, and nothing else, because pyenv's interpreters live in root's home: the
 # attacker holds every capability the daemon holds, so only the dumpable flag decides the attach.
+NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
 AS_USER = (
-    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    + ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
-    if os.geteuid() == 0
-    else []
+    ["setpriv", *NOBODY, "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"] if os.geteuid() == 0 else []
 )
 PTRACE_SEIZE = 0x4206  # attaches without stopping the tracee; the tracer's exit detaches it
 
