@@ -434,8 +434,12 @@ def _fetched(daemon: Daemon, outcome: str) -> float:
 
 
 def _upstream_errors(daemon: Daemon, api: str) -> float:
-    value = daemon.metrics.registry.get_sample_value("sidecar_upstream_calls_total", {"api": api, "outcome": "error"})
-    return value or 0.0
+    """Failed calls, throttled ones included."""
+    registry = daemon.metrics.registry
+    return sum(
+        registry.get_sample_value("sidecar_upstream_calls_total", {"api": api, "outcome": outcome}) or 0.0
+        for outcome in ("error", "throttled")
+    )
 
 
 # --- check: the topic, the queue and the permissions, for real ---

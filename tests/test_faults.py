@@ -82,11 +82,11 @@ async def test_a_listing_outage_keeps_the_last_listing_authoritative_as_stale_mi
     # A miss is still asked of AWS by name, once, behind the stale answers (botocore may retry that
     # call); once it has failed, its back-off on the fake clock, which stands still, keeps every
     # later lookup from asking again.
-    await _wait(lambda: _upstream(sidecar, "GetSecretValue", "error") == 1, "the fetch behind the stale answers")
+    await _wait(lambda: _upstream(sidecar, "GetSecretValue", "throttled") == 1, "the fetch behind the stale answers")
     sent = proxy.counts()["GetSecretValue"]
     for _ in range(5):
         assert (await sidecar.get("variables", "never_read_absent"))[::2] == (404, "stale")
-    assert (_upstream(sidecar, "GetSecretValue", "error"), proxy.counts()["GetSecretValue"]) == (1, sent)
+    assert (_upstream(sidecar, "GetSecretValue", "throttled"), proxy.counts()["GetSecretValue"]) == (1, sent)
 
     sidecar.clock.advance(3600)  # past max_stale: the old listing no longer speaks
     assert (await sidecar.get("variables", "never_read_absent"))[0] == 503
@@ -122,7 +122,8 @@ async def test_refresh_ahead_backs_off_per_key_while_aws_throttles(aws, proxy, s
         assert (await sidecar.get("variables", "read_twice"))[:2] == (200, {"value": "v"})
 
     # Back-off 1, 2, 4, 8, 16 s: at most 6 refreshes in 31 s, not 31; botocore tries each 3 times.
-    refreshes = _upstream(sidecar, "BatchGetSecretValue", "error")
+    refreshes = _upstream(sidecar, "BatchGetSecretValue", "throttled")
+    assert _upstream(sidecar, "BatchGetSecretValue", "error") == 0  # throttling is told apart from errors
     assert 1 <= refreshes <= 6
     assert proxy.counts()["BatchGetSecretValue"] <= 3 * refreshes
 

@@ -57,7 +57,7 @@ class Metrics:
         )
         self.upstream_calls = Counter(
             "sidecar_upstream_calls",
-            "AWS API calls by API and outcome (ok, not_found, error).",
+            "AWS API calls by API and outcome (ok, not_found, throttled, error).",
             ["api", "outcome"],
             registry=self.registry,
         )

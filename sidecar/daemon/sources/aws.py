@@ -272,7 +272,7 @@ class Caller:
                     self._metrics.upstream_calls.labels(api, "not_found").inc()
                     return None
                 error = classify(api, exc)
-                self._metrics.upstream_calls.labels(api, "error").inc()
+                self._metrics.upstream_calls.labels(api, "throttled" if error.throttled else "error").inc()
                 raise error from None
         self._metrics.upstream_calls.labels(api, "ok").inc()
         return result
