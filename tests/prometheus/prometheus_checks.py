@@ -112,8 +112,10 @@ def start_daemon(aws: AwsEmulator, tmp_path: Path, cleanup: contextlib.ExitStack
 
 
 def drive_load(aws: AwsEmulator, daemon: DaemonProcess) -> None:
-    """Hits, a miss, a negative hit, a stale answer, a 401, a 429, a 503 and a change event, each checked."""
+    """Hits, a miss, a negative hit, stale answers (AWS failing, AWS throttling), a 401, a 429, a 503
+    and a change event, each checked."""
     aws.fail["GetSecretValue:airflow/variables/flaky"] = "InternalServiceError"
+    aws.fail["GetSecretValue:airflow/variables/throttled"] = "ThrottlingException"
     aws.fail["GetSecretValue:airflow/variables/denied"] = "AccessDeniedException"
     kept = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=DEADLINE)
     try:
@@ -123,8 +125,9 @@ def drive_load(aws: AwsEmulator, daemon: DaemonProcess) -> None:
             ("/v1/variables/missing", TOKEN, (404, "miss")),
             ("/v1/variables/missing", TOKEN, (404, "hit")),  # a negative hit
             ("/v1/variables/v0", "not-the-token", (401, None)),
-            # AWS failing: a name the listing lacks is a stale miss; a refusal is a 503.
+            # AWS failing or throttling: a name the listing lacks is a stale miss; a refusal is a 503.
             ("/v1/variables/flaky", TOKEN, (404, "stale")),
+            ("/v1/variables/throttled", TOKEN, (404, "stale")),
             ("/v1/variables/denied", TOKEN, (503, None)),
         ]:
             kept.request("GET", path, headers={"X-Sidecar-Token": token})
