@@ -384,8 +384,31 @@ class AstroDev:
         return found
 
     def environ(self, component: str, pid: int) -> dict[str, str]:
-        raw = self.exec(component, "python", "-c", f"print(open('/proc/{pid}/environ').read())").rstrip("\n")
+        """Read from the host: the daemon is not dumpable (SIDECAR_HARDEN), so inside its container
+        not even root, which Docker leaves without CAP_SYS_PTRACE, may read it."""
+        raw = Path(f"/proc/{self.host_pid(component, pid)}/environ").read_bytes().decode()
         return dict(item.partition("=")[::2] for item in raw.split("\0") if item)
+
+    def host_pid(self, component: str, pid: int) -> int:
+        """The host's pid of the container's process `pid`: the one in its pid namespace with that NSpid."""
+        init = docker("inspect", "-f", "{{.State.Pid}}", self.name(component)).stdout.strip()
+        namespace = os.readlink(f"/proc/{init}/ns/pid")
+        for entry in Path("/proc").iterdir():
+            try:
+                if not entry.name.isdigit() or os.readlink(entry / "ns" / "pid") != namespace:
+                    continue
+                status = (entry / "status").read_text().splitlines()
+            except OSError:
+                continue
+            nspid = next((line.split()[1:] for line in status if line.startswith("NSpid:")), [])
+            if nspid and int(nspid[-1]) == pid:
+                return int(entry.name)
+        raise AssertionError(f"no host process is pid {pid} of {component} (reading it takes root on the host)")
+
+    def environ_refused_to_airflow(self, component: str, pid: int) -> bool:
+        """Whether Airflow's own user (the daemon's too) is refused the daemon's environment."""
+        result = docker("exec", self.name(component), "cat", f"/proc/{pid}/environ", check=False, timeout=120)
+        return result.returncode != 0 and "Permission denied" in result.stderr
 
     def sidecar_files(self, component: str) -> tuple[list[str], str]:
         """From a stopped container: the names in the sidecar's directory, and its log."""
@@ -556,6 +579,8 @@ def test_each_container_holds_exactly_one_daemon(astro: AstroDev) -> None:
             key = astro.environ(component, daemon["pid"]).get("AWS_ACCESS_KEY_ID", "unset")
             astro.seen[component]["daemon pid (parent)"] = f"{daemon['pid']} ({daemon['ppid']})"
             astro.seen[component]["its AWS key"] = key
+            # Hardened: its environment (AWS keys, the token where one is given) is not for Airflow to read.
+            assert astro.environ_refused_to_airflow(component, daemon["pid"]), f"{component}: environ readable"
     wrong = {component: daemons for component, daemons in found.items() if len(daemons) != 1}
     assert not wrong, f"containers without exactly one airflow-secrets-sidecar daemon: {wrong}"
     zombies = {component: d for component, daemons in found.items() for d in daemons if d["state"] == "Z"}
