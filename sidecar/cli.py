@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -144,12 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "get":
             return _get(args, environ)
         return _probe("/readyz" if args.ready else "/healthz", environ)
-    try:
-        import aiobotocore  # noqa: F401
-        import aiohttp  # noqa: F401
-    except ImportError as exc:
+    missing = [name for name in ("aiobotocore", "aiohttp") if importlib.util.find_spec(name) is None]
+    if missing:  # found, not imported: the daemon's process imports what it needs in its own order
         print(
-            f"airflow-secrets-sidecar: the daemon needs its dependencies ({exc.name} is missing): "
+            f"airflow-secrets-sidecar: the daemon needs its dependencies ({missing[0]} is missing): "
             "pip install 'airflow-secrets-sidecar[daemon]'",
             file=sys.stderr,
         )
@@ -198,13 +197,31 @@ def _without_service_links(environ: Mapping[str, str]) -> tuple[dict[str, str], 
 # The daemon reaches AWS through aiohttp. Where httpx is installed (Airflow depends on it, so in
 # any Airflow image) aiobotocore imports it, and with it rich and pygments, only to offer it as
 # another transport the daemon never uses: they would sit in its memory for its whole life.
-UNUSED_IMPORTS = ("httpx", "httpx2")
+# frozenlist's compiled list, which aiohttp's web applications use and its low-level server does
+# not, would load the C++ runtime (libstdc++, 1 MB) for it: its pure Python twin stands in.
+UNUSED_IMPORTS = ("httpx", "httpx2", "frozenlist._frozenlist")
 
 
 def skip_unused_imports() -> None:
-    """In the daemon's own process only: `import httpx` fails there, as if it were not installed."""
+    """In the daemon's own process only: those imports fail there, as if they were not installed.
+    Then aiohttp's default TLS contexts are emptied (see _drop_unused_tls_contexts)."""
     for name in UNUSED_IMPORTS:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+    _drop_unused_tls_contexts()
+
+
+def _drop_unused_tls_contexts() -> None:
+    """aiohttp loads the system's CA store at import into two TLS contexts, the default of its
+    clients (1.5 MB). The daemon's one client, aiobotocore, passes its own, built with botocore's CA
+    bundle and the `verify` kwarg, so they go: in their place, a context that trusts no CA, so
+    that a connection that ever fell back on aiohttp's default would fail, never go unverified.
+    Done before the daemon's other imports, which take the memory back."""
+    import ssl
+
+    from aiohttp import connector
+
+    trusts_nothing = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies peers (CERT_REQUIRED) against no CA
+    connector._SSL_CONTEXT_VERIFIED = connector._SSL_CONTEXT_UNVERIFIED = trusts_nothing  # type: ignore[attr-defined]
 
 
 def run_serve(settings: Settings) -> int:

@@ -29,7 +29,8 @@ from tests.support import TOKEN, FakeClock
 
 COLD_KEY = "stampede_target"
 COLD_VALUE = "the cold value"
-RSS_TARGET_MB = 80.0
+RSS_TARGET_MB = 65.0  # with --entries cached: every pod and task pod carries a daemon
+RSS_IDLE_TARGET_MB = 50.0  # with nothing cached
 SECRET_BYTES = 1024
 
 
@@ -138,6 +139,7 @@ def memory(entries: int = 10000) -> dict[str, Any]:
         "warm_up_calls": warm_up,
         "seeding_s": seeded_s,
         "s5_rss_target_met": full_mb <= RSS_TARGET_MB,
+        "s5_idle_target_met": empty_mb <= RSS_IDLE_TARGET_MB,
     }
 
 
@@ -213,12 +215,14 @@ def render(result: dict[str, Any]) -> str:
         ["S4 target: exactly 1 AWS call (single-flight): met (anything else fails the run)"],
     )
     verdict = "met" if s5["s5_rss_target_met"] else "MISSED"
+    idle_verdict = "met" if s5.get("s5_idle_target_met") else "MISSED"
     s5_table = table(
         f"S5: resident memory with {s5['entries']:,} cached {s5['secret_bytes']}-byte secrets",
         ["daemon", "RSS, MB"],
         [["nothing cached", f"{s5['rss_mb_empty']:.1f}"], [f"{s5['entries']:,} cached", f"{s5['rss_mb_full']:.1f}"]],
         [
-            f"{s5['per_entry_bytes']:,.0f} bytes per entry; S5 target <= {RSS_TARGET_MB:g} MB: {verdict}",
+            f"{s5['per_entry_bytes']:,.0f} bytes per entry; S5 targets: <= {RSS_IDLE_TARGET_MB:g} MB with nothing "
+            f"cached: {idle_verdict}; <= {RSS_TARGET_MB:g} MB with {s5['entries']:,}: {verdict}",
             f"warm-up calls: {s5['warm_up_calls']}",
         ],
     )

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gzip
+import json
 import logging
+import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -23,6 +27,7 @@ from botocore.exceptions import (
     NoRegionError,
     ProfileNotFound,
 )
+from botocore.loaders import Loader, create_loader
 from botocore.parsers import ResponseParserError
 
 from sidecar import __version__
@@ -167,14 +172,98 @@ class _AssumeRoleProvider(CredentialProvider):
         return AioDeferredRefreshableCredentials(refresh_using=fetcher.fetch_credentials, method=self.METHOD)
 
 
+# The services whose endpoints the daemon's clients resolve: its stores, its events, and the ones
+# botocore's credential providers call (assume-role, SSO profiles, console sign-in).
+SERVICES = frozenset({"secretsmanager", "ssm", "sqs", "sns", "sts", "sso", "sso-oidc", "signin"})
+
+
+class _Loader(Loader):
+    """botocore's data loader, but its endpoints.json holds only the daemon's SERVICES.
+
+    botocore would parse endpoints.json (1.2 MB: every AWS service in every region) into 7 MB of
+    dicts, and keep them for as long as a client lives, to find a few services' endpoints. Even
+    pruned at once, the parse would leave its memory to the daemon for life, as holes in
+    pymalloc's arenas: here it is read one service at a time, and only SERVICES are kept."""
+
+    def __init__(self, search_paths: list[str]) -> None:
+        super().__init__(extra_search_paths=search_paths, include_default_search_paths=False)
+        self._endpoints: tuple[dict[str, Any], str] | None = None
+
+    def load_data_with_path(self, name: str) -> tuple[Any, str]:
+        if name != "endpoints":
+            return super().load_data_with_path(name)
+        if self._endpoints is None:
+            for directory in self.search_paths:  # the first found wins, as in botocore's own lookup
+                path = os.path.join(directory, name)
+                for suffix, read in ((".json", open), (".json.gz", gzip.open)):
+                    if os.path.isfile(path + suffix):
+                        with read(path + suffix, "rt", encoding="utf-8") as file:
+                            self._endpoints = _read_endpoints(file.read())[0], path
+                        return self._endpoints
+            raise DataNotFoundError(data_path=name)
+        return self._endpoints
+
+
+_decode = json.JSONDecoder().raw_decode
+_SPACE = re.compile(r"[ \t\n\r]*")
+SERVICES_PATH = ("partitions", "*", "services")  # where endpoints.json lists each partition's services
+
+
+def _read_endpoints(text: str, at: int = 0, depth: int = 0) -> tuple[Any, int]:
+    """The JSON value at `at` in endpoints.json, and where it ends. The containers along
+    SERVICES_PATH are read member by member, and in the last only SERVICES' members are kept."""
+    at = _SPACE.match(text, at).end()
+    if depth > len(SERVICES_PATH) or text[at] not in "[{":
+        return _decode(text, at)
+    is_list = text[at] == "["
+    items: Any = [] if is_list else {}
+    at += 1
+    while True:
+        at = _SPACE.match(text, at).end()
+        if text[at] in "]}":
+            return items, at + 1
+        if text[at] == ",":
+            at += 1
+            continue
+        key = "*"  # a list's every element
+        if not is_list:
+            key, at = _decode(text, at)
+            at = _SPACE.match(text, at).end() + 1  # past the colon
+        on_path = depth < len(SERVICES_PATH) and SERVICES_PATH[depth] == key
+        value, at = _read_endpoints(text, at, depth + 1 if on_path else len(SERVICES_PATH) + 1)
+        if is_list:
+            items.append(value)
+        elif depth < len(SERVICES_PATH) or key in SERVICES:
+            items[key] = value
+
+
+# botocore data loaders by AWS_DATA_PATH, shared by every session the daemon makes: each would
+# otherwise parse its own copy of the same models, one per client (source, STS, SQS, SNS).
+_loaders: dict[str | None, Loader] = {}
+
+
+def _loader(session: AioSession) -> Loader:
+    data_path = session.get_config_variable("data_path")
+    loader = _loaders.get(data_path)
+    if loader is None:
+        loader = _loaders[data_path] = _Loader(create_loader(data_path).search_paths)
+    return loader
+
+
+def _new_session(store: StoreSettings) -> AioSession:
+    session = AioSession(profile=store.profile_name)
+    session.register_component("data_loader", _loader(session))
+    return session
+
+
 def _session(store: StoreSettings) -> AioSession:
     """The standard credential chain, unless the kwargs gave keys; role_arn assumed on top of either."""
-    base = AioSession(profile=store.profile_name)
+    base = _new_session(store)
     if store.credentials:
         base.set_credentials(*store.credentials)
     if not store.role_arn:
         return base
-    session = AioSession(profile=store.profile_name)
+    session = _new_session(store)
     session.get_component("credential_provider").insert_before("env", _AssumeRoleProvider(base, store))
     return session
 
@@ -209,8 +298,8 @@ async def open_client(
     }
     kwargs: dict[str, Any] = {"config": config}
     kwargs.update((key, value) for key, value in options.items() if value not in (None, ""))
-    session = _session(store)
     try:
+        session = _session(store)  # a profile's data_path is read here: ProfileNotFound too
         client_context = session.create_client(service, **kwargs)
         client = await client_context.__aenter__()
     except ProfileNotFound:
