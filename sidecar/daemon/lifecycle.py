@@ -112,7 +112,8 @@ class Daemon:
             timer=self._timer,
             counts=self.metrics.lookups.counts,
         )
-        self.metrics.watch_readiness(self.warmup.readiness)
+        readiness = self.warmup.readiness
+        self.metrics.ready.set_function(lambda: float(readiness.ready))
         if self._listen_http:
             await self._serve_http()
         if self._background:

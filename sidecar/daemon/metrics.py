@@ -10,7 +10,6 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import accumulate
-from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -25,9 +24,6 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily
 
 from sidecar import __version__
-
-if TYPE_CHECKING:
-    from sidecar.daemon.catalog.warmup import Readiness
 
 disable_created_metrics()  # `*_created` series only double the output
 
@@ -110,9 +106,6 @@ class Metrics:
             "Changes a listing found that no event announced (each sends the listing back to its own interval).",
             registry=self.registry,
         )
-
-    def watch_readiness(self, readiness: Readiness) -> None:
-        self.ready.set_function(lambda: float(readiness.ready))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
