@@ -276,7 +276,7 @@ class Cache:
         self.changes += 1
         now = self._timer()
         if isinstance(result, UpstreamError):
-            self._backoff.failed(key, entry, result, now)
+            self._backoff.failed(key, entry, _bare(result), now)
         else:
             self._backoff.answered(ticket)
             life = self._ttl if result is not None else self._negative_ttl
@@ -291,7 +291,7 @@ class Cache:
     def _stale_or_raise(self, key: str, error: UpstreamError) -> tuple[Answer, Status]:
         stale = self._stale(key) if error.transient else None
         if stale is None:
-            raise error
+            raise _bare(error) from None
         return stale
 
     def _stale(self, key: str) -> tuple[Answer, Status] | None:
@@ -301,3 +301,11 @@ class Cache:
             return None
         self._lookups["stale"] += 1
         return entry.value, Status.STALE
+
+
+def _bare(error: UpstreamError) -> UpstreamError:
+    """A copy of `error` without traceback or context, for an entry to keep and for each request to
+    raise. Raising one exception object again chains the raising frames onto its traceback: every
+    request answered with a kept failure would stay in memory (its request, its connection) while
+    the entry keeps it; and the failed call's own frames hold botocore's and aiohttp's responses."""
+    return UpstreamError(error.api, error.code, error.transient, error.detail)
