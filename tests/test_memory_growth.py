@@ -117,3 +117,20 @@ async def test_a_failed_batch_keeps_nothing_of_its_call_or_its_requests() -> Non
     assert sum(r() is not None for r in requests) == 0
     assert [r() for r in failing_fetch.responses] == [None]  # type: ignore[attr-defined]
 
+
+def test_the_connection_guard_forgets_closed_connections_soon():
+    """SIDECAR_MAX_CONNECTIONS' guard remembers admitted connections; closed ones must not pile up
+    until a thousand of them (each holds its aiohttp handler) before they are forgotten."""
+    from sidecar.daemon.http.guards import WithRoom
+
+    class Request:
+        def __init__(self, protocol: object) -> None:
+            self.protocol = protocol
+
+    open_now: list[object] = []
+    room = WithRoom(1024, lambda: open_now)
+    for _ in range(500):  # one client at a time, each on a new connection, as the soak's clients reconnect
+        connection = object()
+        open_now[:] = [connection]
+        assert room.check(Request(connection)) is None  # type: ignore[arg-type]
+    assert len(room.admitted) <= 2

@@ -49,8 +49,10 @@ class WithRoom:
         connections = self._open()
         if len(connections) > self._max:
             return False
-        if len(self.admitted) >= self._max:
-            self.admitted.intersection_update(connections)  # forget the closed ones
+        if len(self.admitted) >= 2 * len(connections):
+            # Closed ones are half of it at least: forget them, each of which holds its aiohttp
+            # handler and buffers (a handler takes no weak reference). Amortised over the admissions.
+            self.admitted.intersection_update(connections)
         self.admitted.add(connection)
         return True
 
