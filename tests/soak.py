@@ -1,6 +1,7 @@
 """A soak: the daemon as its own process, Airflow-like clients, and AWS flapping behind a fault layer.
 
-    python -m tests.soak [--seconds 60] [--clients 4] [--json PATH]        (make soak)
+    python -m tests.soak [--seconds 60] [--clients 4] [--names N] [--json PATH]        (make soak)
+    python -m tests.soak --seconds 600 --names 2000        (the memory run of docs/benchmarks.md)
 
 Loopback only; it stops by itself. Pieces:
 
@@ -61,13 +62,20 @@ Checks; any failure is printed and the exit status is 1:
    "created secret not served within the bound". The daemon asks AWS for a miss by name and
    asks the misses read since the last listing again after each listing, so the listing's lag
    does not delay a creation.
-5. the daemon's RSS (/proc/PID/status VmRSS) and open fds (/proc/PID/fd), sampled each second:
-   the value at the end may not exceed the value after warm-up by more than 10% (fds: or 2, which
-   is more for a dozen: one keep-alive connection to AWS more or less). After warm-up is
-   the largest of the samples in the 2.5 s before the end of the first quarter, the end the
-   smallest in the last 2.5 s (clients still running): a connection open for a moment cannot
-   fail the check, a leak shows in every sample. A fall is no leak and passes (idle connections
-   closing can take the fd count down by more than 10% of a dozen).
+5. the daemon's RSS (/proc/PID/status VmRSS) and open fds (/proc/PID/fd, by kind: clients' and
+   AWS connections, the rest), sampled each second, in phases: warming (the first minute, or the
+   first quarter of a shorter run), then the rest, and of it the part after the last creation
+   (`--names`: creations stop halfway) when it lasts CALM_MIN (30 s) or more. Over the rest and
+   over the part after creations, the end may not exceed the start by more than the noise:
+   RSS_NOISE for RSS, FD_SLACK for the fds other than connections to AWS, which may not outnumber
+   the AWS clients' pools (AWS_POOL, a connection to AWS leaked holds a slot for good). A phase's
+   start is the largest of the samples in the 2.5 s before it, its end the smallest in its last
+   2.5 s (clients still running): a connection open for a moment cannot fail the check, a leak
+   shows in every sample. A fall is no leak and passes. Each phase's growth a minute (least
+   squares) is reported too. `--trace-memory DIR` runs the daemon under tracemalloc with a
+   snapshot every TRACE_EVERY s (tests/benchmarks/memory_trace.py: what grew, by line and by
+   type, asyncio tasks, fds, glibc's arenas); each snapshot pauses the daemon for seconds and
+   tracemalloc's own memory grows with the run, so its timing and RSS checks mean nothing.
 6. the daemon exits 0 on SIGTERM; every client exits 0; there were lookups, rotations before the
    recovery, creations, and answers checked by checks 3 and 4 (else they would be empty).
 
@@ -143,22 +151,38 @@ NEAR = (-4, 1)  # "near": from 4 creations back (4 s) to 1 ahead (1 s)
 REFRESH_EVERY = 20  # every 20th request of a client is a raw GET with refresh=true
 CLIENT_PAUSE = 0.005  # seconds between a client's requests: Airflow-like, not a load test
 DOCUMENTED = (200, 404, 503)
-GROWTH = 0.10  # largest RSS / fd growth allowed between warm-up and end
-# ...but at least this many fds: with about a dozen open, one keep-alive connection to AWS (the
-# pool keeps what the last phase needed) is 8%. A leak grows with the 20,000 requests, not by 2.
+# Open fds other than connections to AWS may grow by this many at most after warm-up: a leak grows
+# with the 20,000 requests, not by 2.
 FD_SLACK = 2
-# With --events, two more AWS clients (SQS, SNS), and event fetches after a recovery's backlog: each
-# may keep a connection or two more at the end than after warm-up. Measured: +0 to +2 in 25 s, +4 in
-# 60 s, +3 in 150 s with 4 clients: bounded, not growing with the run.
-EVENTS_FD_SLACK = FD_SLACK + 2
+# Connections to AWS are the AWS clients' pools: opened for calls at once (a batch fetched one by
+# one, a recovery's backlog), closed after aiobotocore's keep-alive idle time, at most
+# SIDECAR_MAX_UPSTREAM (32 by default) in the store's pool. Measured: +0 to +4 between warm-up and
+# the end in 20 to 150 s, the same without creations. A connection leaked holds its slot for good:
+# more than the pool at the end is a leak.
+AWS_POOL = 32
+EVENTS_POOL = 4  # with --events, each of the SQS and SNS clients' pools (events.CALLS_IN_FLIGHT)
 STARTUP_TIMEOUT = 120.0
+TRACE_EVERY = 15  # --trace-memory: seconds between the daemon's snapshots
+WARMING = 60.0  # the daemon's memory warms up for a minute (a quarter of a shorter run)...
+CALM_MIN = 30.0  # ...and is checked once creations stop, if they stop this long before the end
+WINDOW = 2.5  # seconds of samples a phase's start and end are picked from
+# KiB the daemon's RSS may grow after warm-up: the error paths Python loads the first time AWS fails
+# (+0.2 to +0.7 MB measured in 20 to 150 s). Failures kept with their tracebacks grew it by 13 MB in
+# 150 s (docs/benchmarks.md, "Soak").
+RSS_NOISE = 2048
+# KiB a name created may cost the daemon (its listing, cache entry, lookup memo): twice the 1.8 KiB
+# measured while 2,000 names were created (docs/benchmarks.md, "Soak").
+NAME_KIB = 4
 
 
-def created_keys(seconds: float) -> list[tuple[str, str]]:
-    """The keys the orchestrator creates, in order, one every CREATE_EVERY: variables and
-    connections alternately. The last ones may fall after the end and never be created."""
-    count = int(seconds / CREATE_EVERY)
-    return [("variables", f"new{i:03d}") if i % 2 == 0 else ("connections", f"new_conn{i:03d}") for i in range(count)]
+def created_keys(seconds: float, names: int | None = None) -> tuple[list[tuple[str, str]], float]:
+    """The keys the orchestrator creates, in order (variables and connections alternately), and the
+    seconds between two: one every CREATE_EVERY through the run, or `names` of them through its
+    first half (then none: the daemon's memory must stay flat once they stop). The last ones may
+    fall after the end and never be created."""
+    count, every = (int(seconds / CREATE_EVERY), CREATE_EVERY) if names is None else (names, seconds / 2 / names)
+    keys = [("variables", f"new{i:03d}") if i % 2 == 0 else ("connections", f"new_conn{i:03d}") for i in range(count)]
+    return keys, every
 
 
 def secret_value(kind: str, key: str, version: int) -> str:
@@ -189,13 +213,14 @@ def run_client(config_path: str) -> int:
     host, port = config["url"].removeprefix("http://").rsplit(":", 1)
     rng = random.Random(config["seed"])
     created = [(kind, key) for kind, key in config["created"]]
+    create_every = config["create_every"]
 
     def pick(t0: float) -> tuple[str, str]:
         share = rng.random()
         if share < ABSENT_SHARE:
             return rng.choice(ABSENT)
         if share < ABSENT_SHARE + CREATED_SHARE and created:
-            last = int((time.monotonic() - t0) / CREATE_EVERY - 0.5)  # the latest one created, about
+            last = int((time.monotonic() - t0) / create_every - 0.5)  # the latest one created, about
             offset = rng.randint(*NEAR) if rng.random() < 0.5 else -rng.randint(0, max(0, last))
             return created[min(len(created) - 1, max(0, last + offset))]
         return rng.choice(PRESENT)
@@ -274,12 +299,16 @@ def apply_phase(proxy: Any, kind: str) -> None:
 
 
 class Sampler(threading.Thread):
-    """The daemon's RSS (KiB) and open fds, once a second."""
+    """The daemon's RSS (KiB) and open fds, once a second, the fds by what they are: connections
+    from clients (to the daemon's `port`), to AWS (to the fault layer's `aws_port`), other sockets,
+    files, and the rest (pipes, epoll)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, port: int, aws_port: int, trace_every: int = 0) -> None:
         super().__init__(daemon=True)
         self.pid = pid
-        self.samples: list[tuple[float, int, int]] = []
+        self.ports = (port, aws_port)
+        self.trace_every = trace_every  # --trace-memory: SIGUSR2 (a snapshot) every this many samples
+        self.samples: list[tuple[float, int, int, dict[str, int]]] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -287,13 +316,43 @@ class Sampler(threading.Thread):
             with contextlib.suppress(OSError, ValueError):
                 status = Path(f"/proc/{self.pid}/status").read_text()
                 rss = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
-                self.samples.append((time.monotonic(), rss, len(os.listdir(f"/proc/{self.pid}/fd"))))
+                kinds = self.fds()
+                self.samples.append((time.monotonic(), rss, sum(kinds.values()), kinds))
+                if self.trace_every and len(self.samples) % self.trace_every == 1:
+                    os.kill(self.pid, signal.SIGUSR2)
             self.halt.wait(1.0)
 
-    def summary(self, start: float, end: float, pick: Any) -> tuple[int, int] | None:
-        """`pick` (max or min) of the RSS and of the fds sampled between `start` and `end`."""
-        window = [(rss, fds) for t, rss, fds in self.samples if start <= t <= end]
-        return (pick(w[0] for w in window), pick(w[1] for w in window)) if window else None
+    def fds(self) -> dict[str, int]:
+        port, aws_port = self.ports
+        sockets = {}  # inode -> (local port, remote port), from the network namespace's tables
+        for table in ("tcp", "tcp6"):
+            with contextlib.suppress(OSError):
+                for row in Path(f"/proc/{self.pid}/net/{table}").read_text().splitlines()[1:]:
+                    cols = row.split()
+                    sockets[cols[9]] = (int(cols[1].rsplit(":", 1)[1], 16), int(cols[2].rsplit(":", 1)[1], 16))
+        kinds: Counter[str] = Counter()
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+                inode = target[8:-1] if target.startswith("socket:[") else None
+                local, remote = sockets.get(inode or "", (0, 0))
+                if inode is None:
+                    kinds["files" if target.startswith("/") else "other"] += 1
+                elif local == port:
+                    kinds["clients" if remote else "listening"] += 1
+                else:
+                    kinds["AWS" if remote == aws_port else "other sockets"] += 1
+        return dict(kinds)
+
+    def pick(self, start: float, end: float, pick: Any) -> tuple[int, int, dict[str, int]] | None:
+        """The sample between `start` and `end` with the `pick` (max or min) RSS, and the same for
+        the fds (with their kinds): a connection open for a moment cannot fail a check, a leak
+        shows in every sample."""
+        window = [sample for sample in self.samples if start <= sample[0] <= end]
+        if not window:
+            return None
+        fds = pick(window, key=lambda sample: sample[2])
+        return pick(sample[1] for sample in window), fds[2], fds[3]
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -327,8 +386,8 @@ def metrics(url: str) -> dict[str, float]:
 
 def use_events() -> None:
     """--events: the backstop listing's interval in every bound in place of LIST_INTERVAL."""
-    global BOUND, CREATED_BOUND, FINAL_MIN, FD_SLACK
-    FD_SLACK = EVENTS_FD_SLACK
+    global BOUND, CREATED_BOUND, FINAL_MIN, AWS_POOL
+    AWS_POOL += 2 * EVENTS_POOL  # the SQS and SNS clients' pools
     BOUND = min(TTL, LAG + 1.1 * EVENTS_LIST_INTERVAL) + LOCAL_TTL + SLACK
     CREATED_BOUND = 1.1 * EVENTS_LIST_INTERVAL + LOCAL_TTL + SLACK
     FINAL_MIN = BOUND + 5.0
@@ -354,11 +413,12 @@ def run(args: argparse.Namespace) -> int:
         proxy = stack.enter_context(FaultProxy(aws.endpoint))
         proxy.set("ListSecrets", "lag", delay=LAG)  # the whole run; what exists now is listed at once
         topic = aws.client("sns").create_topic(Name="soak-events")["TopicArn"] if args.events else None
-        daemon, url, daemon_log = start_daemon(stack, tmp, proxy.endpoint, topic)
-        sampler = Sampler(daemon.pid)
+        daemon, url, daemon_log = start_daemon(stack, tmp, proxy.endpoint, topic, args.trace_memory)
+        port, aws_port = (int(address.rsplit(":", 1)[1]) for address in (url, proxy.endpoint))
+        sampler = Sampler(daemon.pid, port, aws_port, TRACE_EVERY if args.trace_memory else 0)
         sampler.start()
-        pool = created_keys(args.seconds)
-        clients = start_clients(stack, tmp, url, args.clients, pool)
+        pool, create_every = created_keys(args.seconds, args.names)
+        clients = start_clients(stack, tmp, url, args.clients, pool, create_every)
 
         t0 = time.monotonic()
         end = t0 + args.seconds
@@ -369,7 +429,7 @@ def run(args: argparse.Namespace) -> int:
         progress(f"running {args.seconds:g}s with {args.clients} clients: {', '.join(p[0] for p in phases)}")
         layer_before, moto_before = proxy.counts(), dict(aws.calls)
         announce = Announcer(aws.client("sns"), topic) if topic else None
-        rotations, creations, recovery, observed = drive(proxy, moto, phases, t0, end, pool, announce)
+        rotations, creations, recovery, observed = drive(proxy, moto, phases, t0, end, pool, create_every, announce)
         layer_calls = Counter(proxy.counts()) - Counter(layer_before)
         moto_calls = Counter(aws.calls) - Counter(moto_before)
         for api in ("PutSecretValue", "CreateSecret", "Publish"):  # the orchestrator's own calls
@@ -383,7 +443,9 @@ def run(args: argparse.Namespace) -> int:
         daemon_code, notable = stop_daemon(daemon, daemon_log)
         queues_left = aws.client("sqs").list_queues().get("QueueUrls", []) if topic else []
 
-    report = analyse(records, rotations, creations, pool, phases, t0, recovery, sampler, t0 + phases[0][2], end)
+    report = analyse(records, rotations, creations, pool, phases, t0, recovery)
+    report["daemon_resources"], memory_failures = memory(sampler, t0, end, creations)
+    report["failures"] += memory_failures
     minutes = args.seconds / 60
     report.update(
         settings={
@@ -394,7 +456,7 @@ def run(args: argparse.Namespace) -> int:
             "rotation_bound_s": BOUND,
             "creation_bound_s": CREATED_BOUND,
             "rotate_every_s": ROTATE_EVERY,
-            "create_every_s": CREATE_EVERY,
+            "create_every_s": create_every,
             "events": bool(args.events),
             **DAEMON_SETTINGS,
         },
@@ -438,7 +500,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def start_daemon(
-    stack: contextlib.ExitStack, tmp: Path, endpoint: str, topic: str | None
+    stack: contextlib.ExitStack, tmp: Path, endpoint: str, topic: str | None, trace: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], str, Any]:
     """`python -m sidecar serve` on a free port with a token file, AWS at `endpoint`, and with a
     `topic` its events through the same endpoint; ready when it returns."""
@@ -467,8 +529,9 @@ def start_daemon(
             AWS_ENDPOINT_URL_SNS=endpoint,
         )
     log = stack.enter_context((tmp / "daemon.log").open("w+b"))
+    command = ["-m", "tests.benchmarks.memory_trace", str(trace)] if trace else ["-m", "sidecar"]
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "sidecar", "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, *command, "serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     stack.callback(kill, daemon)
     url = f"http://127.0.0.1:{port}"
@@ -481,7 +544,7 @@ def start_daemon(
 
 
 def start_clients(
-    stack: contextlib.ExitStack, tmp: Path, url: str, count: int, pool: list[tuple[str, str]]
+    stack: contextlib.ExitStack, tmp: Path, url: str, count: int, pool: list[tuple[str, str]], create_every: float
 ) -> list[subprocess.Popen[bytes]]:
     """`count` client processes, each with its lookups done once (imports, connection): ready to go.
     They ask for the keys in `pool` too, which the orchestrator creates during the run."""
@@ -491,7 +554,7 @@ def start_clients(
     clients = []
     for n in range(count):
         config = {"url": url, "token_file": str(tmp / "token"), "seed": n, "created": pool}
-        config.update(ready=str(tmp / f"client{n}.ready"), out=str(tmp / f"client{n}.json"))
+        config.update(create_every=create_every, ready=str(tmp / f"client{n}.ready"), out=str(tmp / f"client{n}.json"))
         (tmp / f"client{n}.config").write_text(json.dumps(config), encoding="utf-8")
         client = subprocess.Popen(
             [sys.executable, "-m", "tests.soak", "--client", str(tmp / f"client{n}.config")],
@@ -554,9 +617,10 @@ def drive(
     t0: float,
     end: float,
     pool: list[tuple[str, str]],
+    create_every: float,
     announce: Announcer | None = None,
 ) -> tuple[list[tuple[float, str, str, int]], list[tuple[float, str, str]], float | None, int]:
-    """Switch the phases, rotate a secret a second and create one every CREATE_EVERY until `end`:
+    """Switch the phases, rotate a secret a second and create the `pool` one every `create_every`:
     (rotations, creations, time of the final recovery, ListSecrets calls proxy.observe() made)."""
     rng = random.Random(1)
     versions = dict.fromkeys(PRESENT, 1)
@@ -566,7 +630,7 @@ def drive(
     recovery = None
     observed = 0
     next_rotation = t0 + ROTATE_EVERY
-    next_creation = t0 + CREATE_EVERY / 2  # between rotations
+    next_creation = t0 + create_every / 2  # between rotations
     while (now := time.monotonic()) < end:
         if pending and t0 + pending[0][1] <= now:
             apply_phase(proxy, pending.pop(0)[0])
@@ -584,13 +648,16 @@ def drive(
                 announce.rotated(PREFIX[kind] + key, len(rotations))
             next_rotation += ROTATE_EVERY
         elif len(creations) < len(pool) and now >= next_creation:
-            kind, key = pool[len(creations)]
-            creations.append((time.monotonic(), kind, key))
-            moto.create_secret(Name=PREFIX[kind] + key, SecretString=secret_value(kind, key, 1))
+            # Those due now, then one snapshot for them all: a snapshot lists every secret, and with
+            # --names there are thousands. A creation is found by name, whatever the listing's lag.
+            while len(creations) < len(pool) and time.monotonic() >= next_creation:
+                kind, key = pool[len(creations)]
+                creations.append((time.monotonic(), kind, key))
+                moto.create_secret(Name=PREFIX[kind] + key, SecretString=secret_value(kind, key, 1))
+                if announce is not None:
+                    announce.created(PREFIX[kind] + key, len(creations))
+                next_creation += create_every
             observed += proxy.observe()
-            if announce is not None:
-                announce.created(PREFIX[kind] + key, len(creations))
-            next_creation += CREATE_EVERY
         else:
             upcoming = [end, next_rotation] + ([t0 + pending[0][1]] if pending else [])
             upcoming += [next_creation] if len(creations) < len(pool) else []
@@ -636,9 +703,6 @@ def analyse(
     phases: list[tuple[str, float, float]],
     t0: float,
     recovery: float | None,
-    sampler: Sampler,
-    quarter: float,
-    end: float,
 ) -> dict[str, Any]:
     never = set(ABSENT)
     pooled = set(pool)
@@ -749,15 +813,6 @@ def analyse(
         failures.append("no rotation before the final recovery: freshness after an outage was not checked")
     if not creations or checked["created_within_bound"] == 0:
         failures.append("no answer for a created key within the bound: creations were not checked")
-    start, last = sampler.summary(quarter - 2.5, quarter, max), sampler.summary(end - 2.5, end, min)
-    resources: dict[str, Any] = {"samples": [(round(t - t0, 2), rss, fds) for t, rss, fds in sampler.samples]}
-    if start is None or last is None:
-        failures.append("no RSS / fd samples after warm-up or at the end")
-    else:
-        resources.update(rss_kib=[start[0], last[0]], fds=[start[1], last[1]])
-        for name, before, after, slack in (("RSS", start[0], last[0], 0), ("open fds", start[1], last[1], FD_SLACK)):
-            if after > before + max(GROWTH * before, slack):
-                failures.append(f"daemon {name} went from {before} after warm-up to {after} at the end (> 10%)")
     latency = {}
     for kind, data in by_phase.items():
         ms = sorted(1000 * x for x in data["latencies"])
@@ -801,9 +856,74 @@ def analyse(
         "created_keys_asked_before_then_served": len(asked_before & served_after),
         "recovery_at_s": None if recovery is None else recovery - t0,
         "latency_by_phase": latency,
-        "daemon_resources": resources,
         "failures": failures,
     }
+
+
+def memory(
+    sampler: Sampler, t0: float, end: float, creations: list[tuple[float, str, str]]
+) -> tuple[dict[str, Any], list[str]]:
+    """The daemon's RSS and fds per phase: warming (the first minute, or quarter of a shorter run),
+    then the rest, split into creating and after creations when creations stop CALM_MIN or more
+    before the end. A phase starts at the largest sample in the WINDOW seconds before it (the first
+    sample for warming) and ends at the smallest in its last WINDOW seconds: a connection open for a
+    moment cannot fail a check, a leak shows in every sample. After warming, a phase's RSS may grow
+    by the noise and NAME_KIB for each name created in it at most."""
+    warm = t0 + min(WARMING, (end - t0) / 4)
+    stop = creations[-1][0] if creations else t0
+    phases = [("warming", t0, warm), ("rest", warm, end)]
+    if end - stop >= CALM_MIN and stop > warm:
+        phases[1:] = [("creating", warm, stop), ("after creations", stop, end)]
+    report: dict[str, Any] = {"phases": [], "samples": [s[:3] for s in sampler.samples]}
+    failures = []
+    for name, start, stop_at in phases:
+        first = sampler.pick(start - WINDOW, start, max) if start > t0 else sampler.pick(t0, t0 + WINDOW, min)
+        last = sampler.pick(stop_at - WINDOW, stop_at, min)
+        inside = [(t, rss) for t, rss, _, _ in sampler.samples if start <= t <= stop_at]
+        names = sum(1 for when, _, _ in creations if start < when <= stop_at)
+        allowed = RSS_NOISE + NAME_KIB * names
+        if first is None or last is None or len(inside) < 2:
+            failures.append(f"no RSS / fd samples at the start or the end of the daemon's {name} phase")
+            continue
+        report["phases"].append(
+            {
+                "phase": name,
+                "start_s": round(start - t0, 1),
+                "end_s": round(stop_at - t0, 1),
+                "rss_kib": [first[0], last[0]],
+                "rss_max_kib": max(rss for _, rss in inside),
+                "rss_kib_per_minute": round(60 * slope(inside), 1),
+                "names_created": names,
+                "rss_allowed_kib": allowed,
+                "fds": [first[1], last[1]],
+                "fds_by_kind": [first[2], last[2]],
+            }
+        )
+        if name == "warming":
+            continue
+        if last[0] > first[0] + allowed:
+            failures.append(
+                f"daemon RSS went from {first[0]} KiB to {last[0]} in its {name} phase: more than +{RSS_NOISE} "
+                f"and {NAME_KIB} a name created ({names})"
+            )
+        before, after = (fds - kinds.get("AWS", 0) for _, fds, kinds in (first, last))
+        if after > before + FD_SLACK:
+            failures.append(f"daemon fds other than AWS's went from {before} to {after} in its {name} phase")
+        if last[2].get("AWS", 0) > AWS_POOL:
+            failures.append(
+                f"daemon holds {last[2]['AWS']} connections to AWS at the end of its {name} phase, "
+                f"more than its pools ({AWS_POOL})"
+            )
+    report["samples"] = [(round(t - t0, 2), rss, fds) for t, rss, fds in report["samples"]]
+    return report, failures
+
+
+def slope(points: list[tuple[float, int]]) -> float:
+    """Least squares: the change per second of the values in `points` (time, value)."""
+    mean_t = statistics.fmean(t for t, _ in points)
+    mean_v = statistics.fmean(v for _, v in points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (v - mean_v) for t, v in points) / spread if spread else 0.0
 
 
 def label_of(phases: list[tuple[str, float, float]], index: int) -> str:
@@ -884,8 +1004,6 @@ def markdown(report: dict[str, Any]) -> str:
         cells = [f"{seconds[kind]:.1f}", f"{data['lookups']:,}", *(f"{c:,}" for c in counts)]
         cells += [f"{data[p]:.2f}" if p in data else "-" for p in ("p50_ms", "p99_ms")]
         lines.append(f"| {kind} | {' | '.join(cells)} |")
-    resources = report["daemon_resources"]
-    rss, fds = resources.get("rss_kib", ["-", "-"]), resources.get("fds", ["-", "-"])
     lines += [
         "",
         "| AWS calls per minute | all | " + " | ".join(APIS) + " |",
@@ -897,18 +1015,27 @@ def markdown(report: dict[str, Any]) -> str:
             for where, counts in (("at the fault layer", layer), ("at moto", calls["at_moto"]))
         ),
         "",
-        "| daemon | after warm-up (largest sample) | end (smallest sample) | change |",
-        "|---|---:|---:|---:|",
-        *(
-            f"| {name} | {pair[0]} | {pair[1]} | {change(pair)} |"
-            for name, pair in (("RSS KiB", rss), ("open fds", fds))
-        ),
+        "| daemon | seconds | names created | RSS KiB: start → end (largest; allowed growth) | KiB a minute "
+        "| open fds (clients, AWS, other): start → end |",
+        "|---|---|---:|---:|---:|---|",
+        *(memory_row(phase) for phase in report["daemon_resources"]["phases"]),
     ]
     return "\n".join(lines)
 
 
-def change(pair: list[Any]) -> str:
-    return "-" if "-" in pair else f"{100 * (pair[1] - pair[0]) / pair[0]:+.1f}%"
+def memory_row(phase: dict[str, Any]) -> str:
+    """A memory phase, its fds by kind: clients, AWS, the rest (listening socket, log, pipes, epoll)."""
+    kinds = [
+        f"{sum(k.values())} ({k.get('clients', 0)}, {k.get('AWS', 0)}, "
+        f"{sum(n for kind, n in k.items() if kind not in ('clients', 'AWS'))})"
+        for k in phase["fds_by_kind"]
+    ]
+    rss, rss_max, rate = phase["rss_kib"], phase["rss_max_kib"], phase["rss_kib_per_minute"]
+    allowed = "" if phase["phase"] == "warming" else f"; +{phase['rss_allowed_kib']:,}"
+    return (
+        f"| {phase['phase']} | {phase['start_s']:g}-{phase['end_s']:g} | {phase['names_created']:,} "
+        f"| {rss[0]:,} → {rss[1]:,} ({rss_max:,}{allowed}) | {rate:+,.0f} | {kinds[0]} → {kinds[1]} |"
+    )
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:
@@ -938,11 +1065,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the run (default 60, at least 20)")
     parser.add_argument("--clients", type=int, default=4, help="Airflow-like client processes (default 4)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"JSON report (default {DEFAULT_JSON})")
+    parser.add_argument(
+        "--names",
+        type=int,
+        help="create this many secrets through the first half of the run (default: one a second throughout)",
+    )
     parser.add_argument("--events", action="store_true", help="the daemon hears change events too (some lost)")
+    parser.add_argument(
+        "--trace-memory",
+        type=Path,
+        metavar="DIR",
+        help=f"diagnostics: run the daemon under tracemalloc, a snapshot into DIR every {TRACE_EVERY} s "
+        "(tests/benchmarks/memory_trace.py)",
+    )
     parser.add_argument("--client", help=argparse.SUPPRESS)  # internal: run one client with this config
     args = parser.parse_args(argv)
     if args.client:
         return run_client(args.client)
+    if args.names is not None and args.names < 1:
+        parser.error(f"--names: at least 1, not {args.names}")
     if args.events:
         use_events()
     return run(args)

@@ -2,7 +2,8 @@
 
 `make soak` runs the full minute (`python -m tests.soak`); this runs the same checks for 20 s,
 so a wrong value, an undocumented status, a stale answer after recovery, a created secret not
-served within its bound, a leak or an unclean exit fails `make test` too. ListSecrets lags the
+served within its bound, memory or fds growing after warm-up by more than the noise (the
+daemon's RSS and fds per phase) or an unclean exit fails `make test` too. ListSecrets lags the
 whole run, so freshness rests on the listing's diff and on the misses asked again by name.
 """
 
@@ -38,6 +39,8 @@ def test_the_short_soak_passes(tmp_path: Path, events: bool) -> None:
     assert report["created_keys_asked_before_then_served"] > 0  # ...then served within the bound
     assert checked["created_keys_within_bound"] > 0 and report["created_not_served"] == 0
     assert checked["never_existing_keys"] > 0
+    memory = {phase["phase"]: phase for phase in report["daemon_resources"]["phases"]}
+    assert list(memory) == ["warming", "rest"]  # the rest was checked for growth (failures above)
     if events:
         assert report["events"]["published"] > 0 and report["events"]["dropped"] > 0
         assert report["events"]["queues_left"] == []
