@@ -111,9 +111,14 @@ class WarmUp:
                 await asyncio.sleep(wait)
                 return
             events.trust_changed.clear()
+            # Not wait_for: before Python 3.12 it loses a cancel that comes as the wait ends, and
+            # the consumer changes its trust as the daemon stops.
+            changed = asyncio.ensure_future(events.trust_changed.wait())
             try:
-                await asyncio.wait_for(events.trust_changed.wait(), wait)
-            except asyncio.TimeoutError:
+                done, _ = await asyncio.wait((changed,), timeout=wait)
+            finally:
+                changed.cancel()
+            if not done:
                 return
 
     async def warm_up(self) -> None:
