@@ -18,6 +18,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from email.parser import Parser
 from pathlib import Path
 
@@ -78,31 +79,37 @@ def metadata_problems(where: str, text: str, version: str) -> list[str]:
     return problems
 
 
+def archive_problems(
+    name: str, names: set[str], read: Callable[[str], bytes], metadata: str, license: str, version: str
+) -> list[str]:
+    """One built archive: its metadata, and LICENSE inside it as the repository has it."""
+    if metadata not in names:
+        return [f"{name}: no {metadata} (is it of another version?)"]
+    problems = metadata_problems(name, read(metadata).decode(), version)
+    if license not in names:
+        problems.append(f"{name}: no {license}")
+    elif read(license) != LICENSE:
+        problems.append(f"{name}: {license} differs from LICENSE")
+    return problems
+
+
 def wheel_problems(wheel: Path, version: str) -> list[str]:
     info = f"{STEM}-{version}.dist-info"
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
-        if f"{info}/METADATA" not in names:
-            return [f"{wheel.name}: no {info}/METADATA (is the wheel of another version?)"]
-        problems = metadata_problems(wheel.name, archive.read(f"{info}/METADATA").decode(), version)
-        license_path = f"{info}/licenses/LICENSE"
-        if license_path not in names:
-            problems.append(f"{wheel.name}: no {license_path}")
-        elif archive.read(license_path) != LICENSE:
-            problems.append(f"{wheel.name}: {license_path} differs from LICENSE")
-    return problems
+        return archive_problems(
+            wheel.name, names, archive.read, f"{info}/METADATA", f"{info}/licenses/LICENSE", version
+        )
 
 
 def sdist_problems(sdist: Path, version: str) -> list[str]:
     top = f"{STEM}-{version}"
     with tarfile.open(sdist) as archive:
-        names = set(archive.getnames())
-        if f"{top}/PKG-INFO" not in names:
-            return [f"{sdist.name}: no {top}/PKG-INFO (is the sdist of another version?)"]
-        problems = metadata_problems(sdist.name, archive.extractfile(f"{top}/PKG-INFO").read().decode(), version)
-        if f"{top}/LICENSE" not in names:
-            problems.append(f"{sdist.name}: no {top}/LICENSE")
-    return problems
+
+        def read(member: str) -> bytes:
+            return archive.extractfile(member).read()  # type: ignore[union-attr]
+
+        return archive_problems(sdist.name, set(archive.getnames()), read, f"{top}/PKG-INFO", f"{top}/LICENSE", version)
 
 
 def installed_problems(wheel: Path, version: str) -> list[str]:
