@@ -11,97 +11,33 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import quote
 
-from sidecar import DEFAULT_HOST, DEFAULT_PORT, DEFAULT_URL, KINDS, __version__, client
+from sidecar import DEFAULT_PORT, DEFAULT_URL, KINDS, __version__, client
 from sidecar.client import Endpoint, locate, resolve
+from sidecar.daemon.config_error import ConfigError
 from sidecar.daemon.logs import setup_logging
-from sidecar.daemon.settings import DEFAULTS, ConfigError, Settings, load_settings
+from sidecar.daemon.settings import SETTINGS, Settings, load_settings
 
 log = logging.getLogger("sidecar")
 
 
-def _d(name: str) -> str:
-    """A setting's default as the help shows it: from `Settings`, where it is written once."""
-    value = DEFAULTS[name]
-    return f"{value:g}" if isinstance(value, float) else str(value)
+# How each kind of flag of the settings table (sidecar/daemon/settings.py) reaches argparse. No
+# flag has a default, so that an unset one falls through to its SIDECAR_* variable.
+FLAG_ACTIONS: dict[str, dict[str, Any]] = {
+    "value": {},
+    "switch": {"action": "store_const", "const": "true"},
+    "on/off": {"action": argparse.BooleanOptionalAction},
+}
 
 
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
-    """Daemon flags. Defaults are None so that unset flags fall through to SIDECAR_* variables."""
-    add = parser.add_argument
-    add("--host", help=f"address to listen on (default {DEFAULT_HOST}; SIDECAR_HOST)")
-    add("--port", help=f"port to listen on (default {DEFAULT_PORT}; SIDECAR_PORT)")
-    add("--unix-socket", help="listen on this Unix socket instead of TCP (SIDECAR_UNIX_SOCKET)")
-    add(
-        "--metrics-port",
-        help="also serve /metrics, /healthz and /readyz, without the token and never /v1, on this port "
-        "for Prometheus (default: off; SIDECAR_METRICS_PORT)",
-    )
-    add("--metrics-host", help="address of --metrics-port (default: every interface; SIDECAR_METRICS_HOST)")
-    add("--unix-socket-group", help="group that may use the Unix socket (SIDECAR_UNIX_SOCKET_GROUP)")
-    add("--allow-remote", action="store_const", const="true", help="allow a non-loopback --host")
-    add("--token-file", help="file holding the token (SIDECAR_TOKEN_FILE; or set SIDECAR_TOKEN)")
-    add("--no-token", action="store_true", help="accept requests without a token: local development ONLY")
-    add("--backend-kwargs", help="the provider backend's kwargs JSON (SIDECAR_BACKEND_KWARGS)")
-    add("--source", help="secretsmanager (default) or ssm (SIDECAR_SOURCE)")
-    add("--ttl", help=f"seconds a found value is served from cache (default {_d('ttl')}; SIDECAR_TTL)")
-    add(
-        "--negative-ttl",
-        help="seconds a miss is remembered when no listing checks it again (default: twice the listing "
-        "interval; SIDECAR_NEGATIVE_TTL)",
-    )
-    add("--max-stale", help=f"seconds past TTL a value may be served while AWS fails (default {_d('max_stale')})")
-    add("--max-entries", help=f"cache size limit (default {_d('max_entries')}; SIDECAR_MAX_ENTRIES)")
-    add(
-        "--warmup",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="list the prefixes at start and every --list-interval (default on; SIDECAR_WARMUP)",
-    )
-    add("--list-interval", help=f"seconds between listings (default {_d('list_interval')}; SIDECAR_LIST_INTERVAL)")
-    add("--max-upstream", help=f"AWS calls in flight at once (default {_d('max_upstream')}; SIDECAR_MAX_UPSTREAM)")
-    add(
-        "--aws-quota-share",
-        help=f"share of each AWS API's account quota to use at most (default {_d('aws_quota_share')}; "
-        "SIDECAR_AWS_QUOTA_SHARE)",
-    )
-    add(
-        "--warmup-jitter",
-        help="seconds to spread a fleet's warm-ups over, serving lazily meanwhile (default 0; SIDECAR_WARMUP_JITTER)",
-    )
-    add(
-        "--task-pod",
-        action="store_const",
-        const="true",
-        help="this pod runs one task: no warm-up, no jitter (SIDECAR_TASK_POD)",
-    )
-    add("--max-requests", help=f"requests in flight before 429 (default {_d('max_requests')}; SIDECAR_MAX_REQUESTS)")
-    add(
-        "--max-connections",
-        help=f"open connections before 429 (default {_d('max_connections')}; SIDECAR_MAX_CONNECTIONS)",
-    )
-    add(
-        "--request-timeout",
-        help=f"seconds a request may wait on AWS (default {_d('request_timeout')}; SIDECAR_REQUEST_TIMEOUT)",
-    )
-    add("--events", help="AWS change events: off (default), sns or sqs (SIDECAR_EVENTS; docs/events.md)")
-    add("--events-topic-arn", help="mode sns: the topic the events rule sends to (SIDECAR_EVENTS_TOPIC_ARN)")
-    add("--events-queue-url", help="mode sqs: this daemon's own queue (SIDECAR_EVENTS_QUEUE_URL)")
-    add(
-        "--events-list-interval",
-        help=f"seconds between listings while events arrive (default {_d('events_list_interval')}; "
-        "SIDECAR_EVENTS_LIST_INTERVAL)",
-    )
-    add(
-        "--events-queue-prefix",
-        help=f"mode sns: the name prefix of each daemon's queue (default {_d('events_queue_prefix')}; "
-        "SIDECAR_EVENTS_QUEUE_PREFIX)",
-    )
-    add("--events-identity", help="mode sns: this daemon's part of its queue name (default: the host name)")
-    add("--log-level", help=f"debug, info, warning or error (default {_d('log_level').lower()}; SIDECAR_LOG_LEVEL)")
-    add("--event-loop", help=f"asyncio or uvloop (default {_d('event_loop')}; SIDECAR_EVENT_LOOP)")
-    add("--log-format", help=f"text or json (default {_d('log_format')}; SIDECAR_LOG_FORMAT)")
+    """The daemon's flags: one for each setting of the table that has one."""
+    for setting in SETTINGS:
+        if setting.option:
+            help_line = setting.help_line().replace("%", "%%")  # argparse formats help with %
+            parser.add_argument(setting.option, help=help_line, **FLAG_ACTIONS[setting.flag])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar import __version__ as sidecar_version
-from sidecar.daemon.settings import ConfigError
+from sidecar.daemon.config_error import ConfigError
 
 
 async def test_role_arn_is_assumed_through_sts_before_the_first_call(aws, start_sidecar, monkeypatch):

@@ -7,13 +7,18 @@ echo a token or the backend kwargs JSON (it may hold credentials).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sidecar.daemon.settings import ConfigError, KindRule, Settings, load_settings, parse_backend_kwargs
+from sidecar.cli import build_parser
+from sidecar.daemon.backend_kwargs import KindRule, parse_backend_kwargs
+from sidecar.daemon.config_error import ConfigError
+from sidecar.daemon.settings import SETTINGS, Settings, load_settings, markdown_table
 from tests.support import TOKEN, exception_chain
 
 FAKE_SECRET = "AKIAXXXSECRET"
@@ -629,3 +634,75 @@ def test_a_token_with_whitespace_inside_is_refused(inside):
 
     assert "SIDECAR_TOKEN" in message and "spaces" in message
     assert TOKEN[:8] not in message
+
+
+# --- the settings table: the one place each setting is written ---
+
+CONFIGURATION_MD = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+# Settings `load_settings` reads and folds into others rather than keeps.
+CONSUMED = {"backend_kwargs", "source", "allow_remote", "no_token", "task_pod"}
+
+
+def test_the_docs_table_is_the_settings_table():
+    lines = CONFIGURATION_MD.read_text().splitlines()
+    start = lines.index("| setting | flag | env var | default |")
+    documented = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        documented.append(line)
+    assert "\n".join(documented) + "\n" == markdown_table(), (
+        "docs/configuration.md's settings table is not SETTINGS: replace it with the output of "
+        "python -c 'from sidecar.daemon.settings import markdown_table; print(markdown_table())'"
+    )
+
+
+def test_every_setting_kept_has_a_row():
+    rows = {row.name for row in SETTINGS}
+    kept = {each.name for each in dataclasses.fields(Settings)} - {"store"}
+
+    assert len(rows) == len(SETTINGS)
+    assert kept <= rows
+    assert rows - kept == CONSUMED
+
+
+def test_load_settings_reads_the_variable_of_every_row_and_no_other():
+    asked: set[str] = set()
+
+    class Recording(dict):
+        def get(self, key: str, default: Any = None) -> Any:
+            asked.add(key)
+            return super().get(key, default)
+
+    load_settings(argparse.Namespace(), Recording(SIDECAR_TOKEN=TOKEN))
+
+    assert asked == {row.env_var for row in SETTINGS if row.env_var} | {"AIRFLOW_IS_K8S_EXECUTOR_POD"}
+
+
+def test_the_flags_are_the_rows_with_one():
+    (commands,) = (action.choices for action in build_parser()._actions if isinstance(action.choices, dict))
+    for command in ("serve", "check"):
+        options = {action.dest: action.option_strings for action in commands[command]._actions if action.dest != "help"}
+        assert options == {
+            row.name: [row.option, f"--no-{row.option[2:]}"] if row.flag == "on/off" else [row.option]
+            for row in SETTINGS
+            if row.option
+        }
+        helps = {action.dest: action.help for action in commands[command]._actions}
+        for row in SETTINGS:
+            if row.option:
+                assert row.env_var is None or row.env_var in helps[row.name]
+                assert "default: " in helps[row.name]
+
+
+def test_a_setting_without_a_flag_names_its_variable_alone():
+    message = config_error({"SIDECAR_HARDEN": "maybe"})
+
+    assert message == "invalid SIDECAR_HARDEN: must be true or false, got 'maybe'"
+
+
+def test_the_source_has_one_owner_the_store():
+    settings = load({"SIDECAR_SOURCE": "ssm"})
+
+    assert settings.source == settings.store.source == "ssm"
+    assert "source" not in {each.name for each in dataclasses.fields(Settings)}

@@ -26,7 +26,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sidecar.daemon.settings import Settings, _is_loopback, load_settings, parse_backend_kwargs
+from sidecar.daemon.backend_kwargs import parse_backend_kwargs
+from sidecar.daemon.settings import Settings, _is_loopback, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

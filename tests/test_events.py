@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import sidecar
+from sidecar.daemon.config_error import ConfigError
 from sidecar.daemon.events.hints import ACCEPTED, CHANGING_CALLS, EVENTS, FOREIGN, MALFORMED, OUTSIDE, Reader
 from sidecar.daemon.events.queue import (
     HEARTBEAT_EVERY,
@@ -29,7 +30,7 @@ from sidecar.daemon.events.queue import (
     queue_name,
 )
 from sidecar.daemon.lifecycle import Daemon
-from sidecar.daemon.settings import DEFAULTS, ConfigError
+from sidecar.daemon.settings import DEFAULTS
 from tests.support import REGION, TOKEN, AwsEmulator, FakeClock, make_settings
 
 PREFIXES = ["airflow/config/", "airflow/connections/", "airflow/variables/"]

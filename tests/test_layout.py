@@ -1,5 +1,6 @@
-"""The layout's rules, read from the source: no import cycle among the package's modules, and the
-Airflow side (what every Airflow process imports) on the standard library alone."""
+"""The layout's rules, read from the source: no import cycle among the package's modules, the
+Airflow side (what every Airflow process imports) on the standard library alone, and the settings
+below the daemon they configure."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ AIRFLOW_SIDE = (
     "sidecar.backend",
     "sidecar.client",
     "sidecar.direct",
+)
+# The settings, and what they parse: the CLI reads them before anything starts, so they stand below
+# the daemon that runs (lookup, cache, http, ...) and import none of it.
+SETTINGS_SIDE = (
+    "sidecar.daemon.settings",
+    "sidecar.daemon.backend_kwargs",
+    "sidecar.daemon.config_error",
+    "sidecar.daemon.token_checks",
 )
 
 

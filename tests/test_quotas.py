@@ -12,9 +12,9 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
+from sidecar.daemon.config_error import ConfigError
 from sidecar.daemon.lifecycle import Daemon
 from sidecar.daemon.metrics import Metrics
-from sidecar.daemon.settings import ConfigError
 from sidecar.daemon.sources import UpstreamError, open_source, secretsmanager
 from sidecar.daemon.sources.quotas import QUOTAS, RateLimits, TokenBucket
 from tests.support import FakeClock, make_settings

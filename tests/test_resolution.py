@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from sidecar.daemon.lookup.connections import CONN_WORDS, InvalidSecret, normalise
+from sidecar.daemon.backend_kwargs import CONN_WORDS
+from sidecar.daemon.lookup.connections import InvalidSecret, normalise
 from tests.support import exception_chain
 
 

@@ -14,8 +14,9 @@ import aiohttp
 import pytest
 
 from sidecar import __version__
+from sidecar.daemon.config_error import ConfigError
 from sidecar.daemon.http.scrape import MAX_CONNECTIONS
-from sidecar.daemon.settings import ConfigError, load_settings
+from sidecar.daemon.settings import load_settings
 from tests.support import REPO, TOKEN, airflow_env, free_port
 
 

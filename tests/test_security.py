@@ -268,7 +268,7 @@ def test_unix_socket_is_0660_and_takes_the_configured_group(aws, tmp_path):
 
 
 def test_unknown_socket_group_is_a_configuration_error(aws, tmp_path):
-    from sidecar.daemon.settings import ConfigError
+    from sidecar.daemon.config_error import ConfigError
 
     with pytest.raises(ConfigError, match="SIDECAR_UNIX_SOCKET_GROUP"):
         make_settings(aws, unix_socket=str(tmp_path / "s.sock"), unix_socket_group="no-such-group-x")

@@ -11,7 +11,8 @@ import secrets
 import shlex
 import sys
 
-from sidecar.daemon.settings import ConfigError, load_settings
+from sidecar.daemon.config_error import ConfigError
+from sidecar.daemon.settings import load_settings
 
 REGION = "us-east-1"
 SAMPLES = {

@@ -6,7 +6,7 @@ import json
 import random
 from typing import Any
 
-from sidecar.daemon.lookup.connections import CONN_WORDS
+from sidecar.daemon.backend_kwargs import CONN_WORDS
 
 VARIABLES = "airflow/variables/"
 CONNECTIONS = "airflow/connections/"

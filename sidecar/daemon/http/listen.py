@@ -14,7 +14,8 @@ import stat
 
 from aiohttp import web
 
-from sidecar.daemon.settings import ConfigError, Settings
+from sidecar.daemon.config_error import ConfigError
+from sidecar.daemon.settings import Settings
 
 MAX_SOCKET_PATH = 107  # bytes: sockaddr_un's sun_path on Linux, less its final NUL
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from sidecar.daemon.config_error import ConfigError
 from sidecar.daemon.http import guards
 from sidecar.daemon.http.handler import Handler
-from sidecar.daemon.settings import ConfigError, Settings
+from sidecar.daemon.settings import Settings
 
 # A scraper, a kubelet's probes and an operator's curl: more open connections than this are refused,
 # so that the pod network cannot take the daemon's file descriptors through this port.

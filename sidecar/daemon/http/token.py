@@ -13,8 +13,10 @@ from aiohttp import web
 from multidict import istr
 
 from sidecar import TOKEN_HEADER
+from sidecar.daemon.config_error import ConfigError
 from sidecar.daemon.http.errors import error
-from sidecar.daemon.settings import ConfigError, Settings, read_token_file
+from sidecar.daemon.settings import Settings
+from sidecar.daemon.token_checks import read_token_file
 
 log = logging.getLogger(__name__)
 

@@ -5,17 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-# The provider's alias words for each connection field (`_standardize_secret_keys`).
-CONN_WORDS: dict[str, tuple[str, ...]] = {
-    "login": ("login", "user", "username", "user_name"),
-    "password": ("password", "pass", "key"),
-    "host": ("host", "remote_host", "server"),
-    "port": ("port",),
-    "schema": ("database", "schema"),
-    "conn_type": ("conn_type", "conn_id", "connection_type", "engine"),
-    "extra": ("extra",),
-}
-
 
 class InvalidSecret(Exception):
     """A stored secret cannot be served as what Airflow asked for (never holds the value)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from sidecar import CONFIG, SECRETSMANAGER, SSM, TEAM_SEP
-from sidecar.daemon.settings import StoreSettings
+from sidecar.daemon.backend_kwargs import StoreSettings
 
 # Airflow's rule for team names (`airflow teams create`), without its 3-character minimum.
 VALID_TEAM = re.compile(r"[A-Za-z0-9_-]{1,50}")

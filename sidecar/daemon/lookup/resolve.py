@@ -14,11 +14,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sidecar import CONNECTIONS, SECRETSMANAGER
+from sidecar.daemon.backend_kwargs import CONN_WORDS, StoreSettings
 from sidecar.daemon.cache import NOT_CACHED, Cache, Entry, Status
 from sidecar.daemon.catalog.listing import Catalog
-from sidecar.daemon.lookup.connections import CONN_WORDS, normalise
+from sidecar.daemon.lookup.connections import normalise
 from sidecar.daemon.lookup.names import Names
-from sidecar.daemon.settings import StoreSettings
 
 _SEVERITY = {Status.HIT: 0, Status.MISS: 1, Status.STALE: 2}
 MEMO_MAX = 10000  # keys remembered; all dropped at once past it

@@ -31,8 +31,9 @@ from botocore.loaders import Loader, create_loader
 from botocore.parsers import ResponseParserError
 
 from sidecar import __version__
+from sidecar.daemon.backend_kwargs import StoreSettings
+from sidecar.daemon.config_error import ConfigError
 from sidecar.daemon.metrics import Metrics
-from sidecar.daemon.settings import ConfigError, StoreSettings
 from sidecar.daemon.sources.quotas import RateLimits
 
 log = logging.getLogger(__name__)
