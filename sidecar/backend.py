@@ -35,7 +35,7 @@ import math
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 try:
@@ -46,6 +46,9 @@ except ImportError:  # a worker with only the Task SDK installed
 from sidecar import SECRETSMANAGER, SOURCE_ENV, STORES, TEAM_SEP, client
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # for annotations only: evaluated, they would cost every Airflow process's import
+    Answers = dict[tuple[str, str, str | None], tuple[float, str | None]]  # (kind, key, team) -> (when, value)
 
 AUTOSTART_RETRY = 10.0  # s after a failed autostart before this process tries again
 # After a 401 with a token file: re-read it and retry after these pauses (s), within `timeout`. The
@@ -109,7 +112,7 @@ def _path(kind: str, key: str, team: str | None) -> bytes:
 # None). Module-level, not per backend object: Airflow 3.0-3.2 build one per lookup. Reads take no
 # lock (one dict lookup); stores take `_store_lock`. A forked child starts with none, and with a
 # lock of its own: one held by a thread of its parent would never be released in it.
-_answers: dict[client.Address, dict[tuple[str, str, str | None], tuple[float, str | None]]] = {}
+_answers: dict[client.Address, Answers] = {}
 _store_lock = threading.Lock()
 _clock = time.monotonic  # tests inject theirs
 
@@ -122,6 +125,15 @@ def _forget_answers() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_answers)
+
+
+def _keep(answers: Answers, key: tuple[str, str, str | None], value: str | None) -> None:
+    """Keep the daemon's answer for `key` (kind, key, team) from now."""
+    with _store_lock:
+        answers.pop(key, None)  # re-inserted last: the oldest goes first
+        if len(answers) >= LOCAL_MAX_ENTRIES:
+            del answers[next(iter(answers))]
+        answers[key] = (_clock(), value)
 
 
 def _busy_pause(retry_after: str | None) -> float:
@@ -208,6 +220,22 @@ def _token_file_error(exc: OSError) -> SidecarError:
     )
 
 
+class _LocalState:
+    """What one backend object learns and prepares in this process, between lookups."""
+
+    __slots__ = ("answers", "fallback", "multi_team", "reached", "request_tail", "start_failure")
+
+    def __init__(self, answers: Answers | None) -> None:
+        # Its address's entry in `_answers`, shared by every backend object of the process; None
+        # when `local_ttl` is 0: this backend then neither reads nor keeps any.
+        self.answers = answers
+        self.reached = False  # once the daemon answered, a refused connection fails at once
+        self.request_tail: bytes | None = None  # what follows GET <path>, the endpoint's token in it; built when None
+        self.start_failure: tuple[float, str] | None = None  # when autostart last failed, and its message
+        self.multi_team: bool | None = None  # read at the first id that holds TEAM_SEP
+        self.fallback: Any = None  # sidecar.direct's, built when first needed
+
+
 class SidecarSecretsBackend(BaseSecretsBackend):
     """Variables, connections and config from the airflow-secrets-sidecar daemon."""
 
@@ -234,21 +262,20 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         self.startup_wait = _seconds("startup_wait", startup_wait)
         self.timeout = _seconds("timeout", timeout, zero=False)
         self._fallback_kwargs = fallback_kwargs
-        self._fallback: Any = None  # sidecar.direct's, built when first needed
-        self._reached = False  # once the daemon answered, a refused connection fails at once
-        self._multi_team: bool | None = None  # read at the first id that holds TEAM_SEP
         self.autostart = _autostart(autostart)
-        self._start_failure: tuple[float, str] | None = None
+        # Its token changes only by `_reread_token`; the rest of it never does.
         endpoint = self._endpoint = _endpoint(url, unix_socket, token, token_file, autostart is not False)
-        self.unix_socket = endpoint.unix_socket
-        self.url = endpoint.url
-        self._address: client.Address = endpoint.address
-        self._answers = _answers.setdefault(endpoint.address, {})
-        self._where = endpoint.where
-        self._token_file = endpoint.token_file  # re-read after a 401
-        self._token = endpoint.token
-        self._request_token: str | None = None  # the token the prebuilt request tail carries
-        self._request_tail = b""
+        self._local = _LocalState(_answers.setdefault(endpoint.address, {}) if self.local_ttl else None)
+
+    @property
+    def url(self) -> str:
+        """The daemon's URL, as resolved (unused with a `unix_socket`)."""
+        return self._endpoint.url
+
+    @property
+    def unix_socket(self) -> str | None:
+        """The daemon's socket, as resolved, or None for TCP."""
+        return self._endpoint.unix_socket
 
     # --- Airflow's interface ---
 
@@ -262,9 +289,10 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         return self._lookup("config", key, None)
 
     def _in_multi_team_mode(self) -> bool:
-        if self._multi_team is None:  # not at construction: Airflow 3.0-3.2 build a backend per lookup
-            self._multi_team = _multi_team()
-        return self._multi_team
+        local = self._local
+        if local.multi_team is None:  # not at construction: Airflow 3.0-3.2 build a backend per lookup
+            local.multi_team = _multi_team()
+        return local.multi_team
 
     # --- HTTP ---
 
@@ -281,21 +309,26 @@ class SidecarSecretsBackend(BaseSecretsBackend):
                 TEAM_SEP,
             )
             return None
-        if self.local_ttl:
-            held = self._answers.get((kind, key, team))
+        answers = self._local.answers
+        if answers is not None:
+            held = answers.get((kind, key, team))
             if held is not None:
                 if _clock() - held[0] < self.local_ttl:
                     return held[1]
                 with _store_lock:  # its value leaves memory now, whatever the daemon answers
-                    self._answers.pop((kind, key, team), None)
+                    answers.pop((kind, key, team), None)
         try:
-            return self._ask(kind, key, team)
+            value = self._ask(kind, key, team)
         except SidecarUnreachable:
             if self.on_unavailable != "direct":
                 raise
             return self._ask_aws_directly(kind, key, team)
+        if answers is not None:
+            _keep(answers, (kind, key, team), value)
+        return value
 
     def _ask(self, kind: str, key: str, team: str | None) -> str | None:
+        """The daemon's value for the key; None for its "no such key"."""
         path = _path(kind, key, team)
         status, body, retry_after, cache = self._request(path)
         if status == 429 or status == 401:
@@ -303,13 +336,13 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         if status == 200:
             value = _value(body)
             if value is None:
-                raise SidecarError(f"the sidecar at {self._where} sent a malformed answer for {kind} {key!r}")
-            return self._keep(kind, key, team, value)
+                raise SidecarError(f"the sidecar at {self._endpoint.where} sent a malformed answer for {kind} {key!r}")
+            return value
         if status == 404:
             if client.is_not_found(body, cache):
-                return self._keep(kind, key, team, None)
+                return None
             raise SidecarError(
-                f"{self._where} answered 404 for {kind} {key!r}, but not as the sidecar does: another server "
+                f"{self._endpoint.where} answered 404 for {kind} {key!r}, but not as the sidecar does: another server "
                 "listens there (a wrong port, a proxy?). Point backend_kwargs 'url' / 'unix_socket' at "
                 "`airflow-secrets-sidecar serve`"
             )
@@ -319,27 +352,16 @@ class SidecarSecretsBackend(BaseSecretsBackend):
             message = body[:200].decode("utf-8", "replace")
         if status == 401:
             raise SidecarError(
-                f"the sidecar at {self._where} refused the token: give this backend the sidecar's token "
+                f"the sidecar at {self._endpoint.where} refused the token: give this backend the sidecar's token "
                 "(backend_kwargs 'token' or 'token_file', or SIDECAR_TOKEN / SIDECAR_TOKEN_FILE)"
             )
         if status == 429:
             raise SidecarError(
-                f"the sidecar at {self._where} stayed too busy (429) to answer {kind} {key!r} within "
+                f"the sidecar at {self._endpoint.where} stayed too busy (429) to answer {kind} {key!r} within "
                 f"{self.timeout:g}s: {message}. Raise its SIDECAR_MAX_REQUESTS / SIDECAR_MAX_CONNECTIONS, "
                 "or this backend's 'timeout'"
             )
-        raise SidecarError(f"the sidecar at {self._where} answered {status} for {kind} {key!r}: {message}")
-
-    def _keep(self, kind: str, key: str, team: str | None, value: str | None) -> str | None:
-        """Keep the daemon's answer for `local_ttl`, and return it."""
-        if self.local_ttl:
-            answers = self._answers
-            with _store_lock:
-                answers.pop((kind, key, team), None)  # re-inserted last: the oldest goes first
-                if len(answers) >= LOCAL_MAX_ENTRIES:
-                    del answers[next(iter(answers))]
-                answers[kind, key, team] = (_clock(), value)
-        return value
+        raise SidecarError(f"the sidecar at {self._endpoint.where} answered {status} for {kind} {key!r}: {message}")
 
     def _ask_again(
         self, path: bytes, status: int, body: bytes, retry_after: str | None
@@ -348,7 +370,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         that may have been rotated since this process read it (401); the last status, body and X-Cache."""
         cache = None
         deadline = time.monotonic() + self.timeout
-        token_pauses = iter(TOKEN_RETRY_PAUSES if self._token_file else ())
+        token_pauses = iter(TOKEN_RETRY_PAUSES if self._endpoint.token_file else ())
         while True:
             if status == 429:
                 pause = min(_busy_pause(retry_after), deadline - time.monotonic())
@@ -360,7 +382,7 @@ class SidecarSecretsBackend(BaseSecretsBackend):
                 if pause is None or time.monotonic() + pause >= deadline:
                     break
                 time.sleep(pause)
-                self._token = self._read_token_file()  # the token may have been rotated
+                self._reread_token()  # it may have been rotated
             else:
                 break
             status, body, retry_after, cache = self._request(path)
@@ -368,7 +390,8 @@ class SidecarSecretsBackend(BaseSecretsBackend):
 
     def _request(self, path: bytes) -> tuple[int, bytes, str | None, bytes | None]:
         """GET `path`: status, body, Retry-After, X-Cache. The first lookup of a process waits up to `startup_wait`."""
-        deadline = time.monotonic() + (0 if self._reached else self.startup_wait)
+        local = self._local
+        deadline = time.monotonic() + (0 if local.reached else self.startup_wait)
         pause = 0.05
         started = False
         while True:
@@ -380,30 +403,31 @@ class SidecarSecretsBackend(BaseSecretsBackend):
                     started = True
                     continue
                 if time.monotonic() + pause > deadline:
-                    self._reached = True  # waited once: later lookups fail (or fall back) at once
+                    local.reached = True  # waited once: later lookups fail (or fall back) at once
                     raise
                 time.sleep(pause)  # the daemon may still be starting (pods start containers together)
                 pause = min(pause * 2, 0.5)
                 continue
-            self._reached = True
+            local.reached = True
             return answer
 
     def _request_once(self, path: bytes) -> tuple[int, bytes, str | None, bytes | None]:
         """GET `path` on this thread's keep-alive connection to the daemon."""
-        if self._token != self._request_token:  # first use, or a re-read token file
-            self._request_tail = client.request_tail(self._token)
-            self._request_token = self._token
+        tail = self._local.request_tail
+        if tail is None:  # first use, or a re-read token file
+            tail = self._local.request_tail = client.request_tail(self._endpoint.token)
         try:
-            return client.exchange(self._address, path + self._request_tail, self.timeout)
+            return client.exchange(self._endpoint.address, path + tail, self.timeout)
         except client.ProtocolError as exc:
-            raise SidecarError(f"the sidecar at {self._where} sent a malformed answer: {exc}") from None
+            raise SidecarError(f"the sidecar at {self._endpoint.where} sent a malformed answer: {exc}") from None
         except OSError as exc:
-            if isinstance(exc, PermissionError) and self.unix_socket:
-                raise SidecarError(client.socket_denied(self.unix_socket)) from None
+            endpoint = self._endpoint
+            if isinstance(exc, PermissionError) and endpoint.unix_socket:
+                raise SidecarError(client.socket_denied(endpoint.unix_socket)) from None
             # Refused, or no socket file: nobody listens (yet). Anything else is a sick daemon.
             unreachable = isinstance(exc, (ConnectionRefusedError, FileNotFoundError))
             raise (SidecarUnreachable if unreachable else SidecarError)(
-                f"cannot reach the sidecar at {self._where} ({type(exc).__name__}: {exc}): "
+                f"cannot reach the sidecar at {endpoint.where} ({type(exc).__name__}: {exc}): "
                 "is `airflow-secrets-sidecar serve` running, and do backend_kwargs 'url' / "
                 "'unix_socket' point at it?"
             ) from None
@@ -412,36 +436,39 @@ class SidecarSecretsBackend(BaseSecretsBackend):
         """Start the daemon (or wait for the process starting it); SidecarUnreachable if it does not come up."""
         from sidecar import autostart  # only here: it imports subprocess
 
-        assert self.unix_socket
-        if self._start_failure and time.monotonic() - self._start_failure[0] < AUTOSTART_RETRY:
-            raise SidecarUnreachable(self._start_failure[1])
+        endpoint, local = self._endpoint, self._local
+        assert endpoint.unix_socket
+        if local.start_failure and time.monotonic() - local.start_failure[0] < AUTOSTART_RETRY:
+            raise SidecarUnreachable(local.start_failure[1])
         try:
-            pid = autostart.start(self._endpoint, self.autostart)
+            pid = autostart.start(endpoint, self.autostart)
         except autostart.StartError as exc:
-            message = f"no sidecar answered on {self._where}, and autostart could not start one: {exc}"
-            self._start_failure = (time.monotonic(), message)
+            message = f"no sidecar answered on {endpoint.where}, and autostart could not start one: {exc}"
+            local.start_failure = (time.monotonic(), message)
             raise SidecarUnreachable(message) from None
-        self._start_failure = None
+        local.start_failure = None
         if pid is not None:
-            where_logs = autostart.log_path(self.unix_socket)
-            log.info("started the sidecar daemon (pid %d) on %s; its log: %s", pid, self._where, where_logs)
-        if self._token_file:
-            self._token = self._read_token_file()  # generated by the first start, or rotated since
+            where_logs = autostart.log_path(endpoint.unix_socket)
+            log.info("started the sidecar daemon (pid %d) on %s; its log: %s", pid, endpoint.where, where_logs)
+        if endpoint.token_file:
+            self._reread_token()  # generated by the first start, or rotated since
 
     def _ask_aws_directly(self, kind: str, key: str, team: str | None) -> str | None:
         """on_unavailable="direct": sidecar.direct, which builds the provider backend once."""
         from sidecar import direct  # only here: the provider backend imports boto3
 
-        if self._fallback is None:
-            self._fallback = direct.DirectFallback(self.source, self._fallback_kwargs, self._where)
+        local = self._local
+        if local.fallback is None:
+            local.fallback = direct.DirectFallback(self.source, self._fallback_kwargs, self._endpoint.where)
         try:
-            return self._fallback.lookup(kind, key, team)
+            return local.fallback.lookup(kind, key, team)
         except direct.ProviderMissing as exc:
             raise SidecarError(str(exc)) from None
 
-    def _read_token_file(self) -> str:
-        assert self._token_file
+    def _reread_token(self) -> None:
+        """Take the token file's token now: the endpoint's, and the next request's."""
         try:
-            return client.read_token_file(self._token_file)
+            self._endpoint.reread_token()
         except OSError as exc:
             raise _token_file_error(exc) from None
+        self._local.request_tail = None

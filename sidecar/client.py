@@ -59,8 +59,8 @@ Address = tuple[str, int] | str
 class Endpoint:
     """The daemon's `address` for `exchange` (a Unix socket's path, or (host, port)); `where`
     it is, for messages; the `url` asked for (or left unused for a `unix_socket`); the `token` to send
-    ("" for none), and the `token_file` it was read from, read again when the daemon refuses it: it
-    may have been rotated.
+    ("" for none), and the `token_file` it was read from, read again (`reread_token`) when the daemon
+    refuses it: it may have been rotated.
 
     A plain class: a dataclass or a NamedTuple is built by generating and compiling code, at every
     import of the backend in every Airflow process, and would show the token in its repr."""
@@ -81,6 +81,12 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"Endpoint(where={self.where!r}, token_file={self.token_file!r})"  # never the token
+
+    def reread_token(self) -> str:
+        """Take the token `token_file` holds now, and return it. Raises OSError as `read_token_file`."""
+        assert self.token_file
+        self.token = read_token_file(self.token_file)
+        return self.token
 
 
 def resolve(

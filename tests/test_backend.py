@@ -324,7 +324,7 @@ def test_lookups_from_one_thread_share_one_connection(aws, start_daemon, relays)
     for _ in range(50):
         assert backend.get_variable("v") == "x"
         assert backend.get_variable("absent") is None  # a 404 keeps the connection too
-        local_ports.add(connection_port(backend._address))
+        local_ports.add(connection_port(backend._endpoint.address))
 
     assert relay.connections == 1
     assert local_ports == set(relay.client_ports)
@@ -389,14 +389,14 @@ def test_a_daemon_restarted_on_the_same_port_is_reached_again(aws, start_daemon)
     first = start_daemon()
     backend = SidecarSecretsBackend(url=first.url, token=TOKEN, local_ttl=0)
     assert backend.get_variable("v") == "x"
-    first_port = connection_port(backend._address)
+    first_port = connection_port(backend._endpoint.address)
 
     first.stop()
     second = start_daemon(port=first.port)
 
     assert second.url == first.url
     assert backend.get_variable("v") == "x"
-    assert connection_port(backend._address) != first_port
+    assert connection_port(backend._endpoint.address) != first_port
 
 
 def test_a_daemon_that_went_away_is_an_error_not_a_retry_loop(aws, start_daemon):

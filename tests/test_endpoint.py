@@ -136,14 +136,14 @@ def test_the_backend_and_the_cli_resolve_the_same_token(
     expected_file = paths[token_file] if token_file else None
 
     backend = SidecarSecretsBackend(**kwargs)
-    assert (backend._token, backend._token_file) == (token, expected_file)
+    assert (backend._endpoint.token, backend._endpoint.token_file) == (token, expected_file)
 
     if set(kwargs) <= {"unix_socket"}:  # what the CLI can be told, on its command line
         flags = ["--unix-socket", kwargs["unix_socket"]] if kwargs else []
         endpoint = cli._get_endpoint(cli.build_parser().parse_args(["get", "variables", "v", *flags]))
         assert endpoint is not None
         assert (endpoint.token, endpoint.token_file) == (token, expected_file)
-        assert endpoint.address == backend._address
+        assert endpoint.address == backend._endpoint.address
 
 
 # (id, explicit url / unix_socket, the environment, the backend's address, the CLI's). A socket wins
@@ -195,7 +195,7 @@ def test_the_backend_and_the_cli_find_the_daemon_by_one_rule(monkeypatch, explic
     flags = [part for name, value in explicit.items() for part in (f"--{name.replace('_', '-')}", value)]
     endpoint = cli._get_endpoint(cli.build_parser().parse_args(["get", "variables", "v", *flags]))
 
-    assert backend._address == backend_address
+    assert backend._endpoint.address == backend_address
     assert endpoint is not None and endpoint.address == cli_address
     assert endpoint.where == (f"unix socket {SOCKET}" if cli_address == SOCKET else endpoint.url)
     assert client.locate(**explicit, daemon_settings=True).address == cli_address  # what `probe` asks

@@ -142,7 +142,7 @@ def test_a_revocation_is_seen_within_local_ttl_and_never_kept(aws, daemon, clock
             backend.get_variable("v")
         assert "secret-value-1" not in str(refused.value)
     assert daemon.requests() == 3
-    assert backend_module._answers[backend._address] == {}  # the old value left memory at expiry
+    assert backend_module._answers[backend._endpoint.address] == {}  # the old value left memory at expiry
 
 
 def test_a_refused_token_is_never_kept(aws, daemon, clock):
@@ -161,14 +161,14 @@ def test_the_oldest_answer_goes_first_past_the_bound(aws, daemon, clock, monkeyp
     for key in "abcd":
         assert backend.get_variable(key) is None
     assert daemon.requests() == 4
-    assert len(backend_module._answers[backend._address]) == 3
+    assert len(backend_module._answers[backend._endpoint.address]) == 3
 
     assert backend.get_variable("d") is None  # kept
     assert backend.get_variable("b") is None  # kept
     assert daemon.requests() == 4
     assert backend.get_variable("a") is None  # dropped for d: asked again, and b goes now
     assert daemon.requests() == 5
-    assert len(backend_module._answers[backend._address]) == 3
+    assert len(backend_module._answers[backend._endpoint.address]) == 3
 
 
 def test_a_forked_child_starts_with_no_answers(aws, daemon):
@@ -212,7 +212,7 @@ def test_threads_share_them_and_never_see_another_keys_answer(aws, daemon, clock
         thread.join(60)
     assert not any(thread.is_alive() for thread in threads)
     assert failures == [] and wrong == []
-    assert len(backend_module._answers[backend._address]) <= 8
+    assert len(backend_module._answers[backend._endpoint.address]) <= 8
 
 
 @pytest.mark.parametrize("value", [-1, "5", True, float("nan"), float("inf"), None])

@@ -159,7 +159,7 @@ def test_a_daemon_killed_and_restarted_on_its_port_serves_the_same_backend_again
     for thread in threads:
         assert thread.submit(backend.get_variable, "k0").result(timeout=10) == "value-0"
     assert backend.get_variable("k0") == "value-0"
-    kept = [thread.submit(connection_port, backend._address).result(timeout=10) for thread in threads]
+    kept = [thread.submit(connection_port, backend._endpoint.address).result(timeout=10) for thread in threads]
     assert all(port is not None for port in kept)  # kept alive
 
     first.popen.kill()
