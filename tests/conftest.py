@@ -87,17 +87,16 @@ class Running:
 
 @pytest.fixture
 async def start_sidecar(aws: AwsEmulator) -> AsyncIterator[Callable[..., Any]]:
-    """`await start_sidecar(backend_kwargs=..., ttl=...)`: a Daemon with warm-up left to the test."""
+    """`await start_sidecar(backend_kwargs=..., ttl=...)`: a Daemon opened (`Daemon.open`), its
+    warm-up and refresh passes left to the test."""
     started: list[Running] = []
     session = aiohttp.ClientSession()
 
     async def start(*, backend_kwargs: dict[str, Any] | None = None, warm: bool = False, **env: Any) -> Running:
         env.setdefault("warmup", "true" if warm else "false")
         clock = FakeClock()
-        daemon = Daemon(
-            make_settings(aws, backend_kwargs, **env), timer=clock, jitter=lambda a, b: 0.8, background=False
-        )
-        await daemon.start()
+        daemon = Daemon(make_settings(aws, backend_kwargs, **env), timer=clock, jitter=lambda a, b: 0.8)
+        await daemon.open()
         if warm:
             await daemon.warmup.warm_up()
         running = Running(daemon, clock, session)

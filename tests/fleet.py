@@ -3,8 +3,9 @@
     .venv/bin/python -m tests.fleet [--quick] [--output PATH]
 
 Each pod is the project's own `Daemon` (cache, catalog, resolver, the Secrets Manager source with
-its pacing and fallbacks, the warm-up, listing and refresh loops), serving no HTTP: the simulation
-asks its resolver as the HTTP handler does, within `SIDECAR_REQUEST_TIMEOUT`. Its AWS client is a
+its pacing and fallbacks, the warm-up, listing and refresh loops), assembled over the simulation's
+AWS client (`Daemon.assemble`) and serving no HTTP: the simulation asks its resolver as the HTTP
+handler does, within `SIDECAR_REQUEST_TIMEOUT`. Its AWS client is a
 `FakeSecretsManager` shared by the whole fleet, which answers from a dict after 20 ms and enforces
 each API's account-wide quota with a token bucket (a second's worth of burst), answering
 `ThrottlingException` beyond it, as AWS does. Each client retries a throttled call as botocore's
@@ -235,13 +236,7 @@ class Pod:
 
     def __init__(self, store: FakeSecretsManager, settings: dict[str, str], rng: random.Random) -> None:
         loop = asyncio.get_running_loop()
-        self.daemon = Daemon(
-            make_settings("http://aws.simulated", **settings),
-            timer=loop.time,
-            jitter=rng.uniform,
-            listen=False,
-            client=store.client(rng),
-        )
+        self.daemon = Daemon(make_settings("http://aws.simulated", **settings), timer=loop.time, jitter=rng.uniform)
         self.started_at = loop.time()
         self.ready_at: float | None = None
         self.warm_at: float | None = None
@@ -251,7 +246,9 @@ class Pod:
         self._readers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self.daemon.start()
+        """The daemon's parts over this pod's client of the shared store, and its loops; no HTTP."""
+        await self.daemon.assemble(client=self._store.client(self._rng))
+        self.daemon.run_background()
 
     def read(self, keys: list[str], every: float, outcome: Outcome) -> None:
         self._readers.append(asyncio.ensure_future(self._read(keys, every, outcome)))

@@ -11,6 +11,7 @@ import re
 import socket
 import threading
 from collections import Counter
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -160,7 +161,8 @@ def make_settings(aws: AwsEmulator | str, backend_kwargs: dict[str, Any] | None 
 
 
 class DaemonThread:
-    """A Daemon on its own event loop in a thread, for blocking clients (http.client, the backend)."""
+    """A Daemon on its own event loop in a thread, for blocking clients (http.client, the backend),
+    started in full: serving HTTP, its background loops running."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         import asyncio
@@ -173,8 +175,11 @@ class DaemonThread:
 
     def __enter__(self) -> DaemonThread:
         self._thread.start()
-        self.run(self.daemon.start())
+        self.run(self._start())
         return self
+
+    def _start(self) -> Coroutine[Any, Any, None]:
+        return self.daemon.start()
 
     def __exit__(self, *_: object) -> None:
         self.run(self.daemon.stop())
@@ -192,6 +197,14 @@ class DaemonThread:
     def address(self) -> tuple[str, int]:
         host, port = self.daemon.url.removeprefix("http://").rsplit(":", 1)
         return host, int(port)
+
+
+class OpenDaemonThread(DaemonThread):
+    """A DaemonThread only opened (`Daemon.open`): serving HTTP with nothing in the background, the
+    test drives the warm-up and the refresh passes."""
+
+    def _start(self) -> Coroutine[Any, Any, None]:
+        return self.daemon.open()
 
 
 def airflow_env(home: Path, **settings: str) -> dict[str, str]:

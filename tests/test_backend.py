@@ -33,8 +33,8 @@ from sidecar.daemon.settings import Settings
 from tests.support import (
     TOKEN,
     AwsEmulator,
-    DaemonThread,
     FakeClock,
+    OpenDaemonThread,
     connection_port,
     make_settings,
     variable_in_forked_child,
@@ -42,10 +42,10 @@ from tests.support import (
 
 
 class Sidecar:
-    """A daemon from `tests.support.DaemonThread` (its own loop, in a thread) that a test may stop early."""
+    """A daemon from `tests.support.OpenDaemonThread` (its own loop, in a thread) that a test may stop early."""
 
     def __init__(self, settings: Settings, clock: FakeClock | None = None) -> None:
-        self._thread = DaemonThread(settings, background=False, **({"timer": clock} if clock else {}))
+        self._thread = OpenDaemonThread(settings, **({"timer": clock} if clock else {}))
         self._thread.__enter__()
         self.running = True
         self.url = self._thread.daemon.url

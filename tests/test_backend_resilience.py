@@ -10,7 +10,7 @@ import time
 import pytest
 
 from sidecar.backend import SidecarError, SidecarSecretsBackend, SidecarUnreachable
-from tests.support import REGION, TOKEN, DaemonThread, make_settings
+from tests.support import REGION, TOKEN, OpenDaemonThread, make_settings
 
 
 def _free_port() -> int:
@@ -24,7 +24,7 @@ def test_first_lookup_waits_for_a_daemon_that_is_still_starting(aws):
     port = _free_port()
     backend = SidecarSecretsBackend(url=f"http://127.0.0.1:{port}", token=TOKEN, startup_wait=20)
     settings = make_settings(aws, port=port, warmup="false")
-    daemon = DaemonThread(settings, background=False)
+    daemon = OpenDaemonThread(settings)
     starter = threading.Timer(0.3, daemon.__enter__)  # the daemon comes up while the lookup waits
     starter.start()
     try:
@@ -84,7 +84,7 @@ def test_direct_fallback_reads_sidecar_backend_kwargs_from_the_environment(aws, 
 
 def test_a_reachable_daemon_is_used_even_with_direct_fallback(aws):
     aws.put("airflow/variables/v", "via sidecar")
-    with DaemonThread(make_settings(aws, warmup="false"), background=False) as running:
+    with OpenDaemonThread(make_settings(aws, warmup="false")) as running:
         host, port = running.address
         backend = SidecarSecretsBackend(url=f"http://{host}:{port}", token=TOKEN, on_unavailable="direct")
         assert backend.get_variable("v") == "via sidecar"
@@ -103,7 +103,7 @@ def test_bad_resilience_kwargs_are_refused():
 def test_multi_team_refuses_ids_with_the_team_separator_like_the_provider(aws, monkeypatch, caplog):
     aws.put("airflow/variables/a--b", "ambiguous")
     monkeypatch.setenv("AIRFLOW__CORE__MULTI_TEAM", "True")
-    with DaemonThread(make_settings(aws, warmup="false"), background=False) as running:
+    with OpenDaemonThread(make_settings(aws, warmup="false")) as running:
         host, port = running.address
         backend = SidecarSecretsBackend(url=f"http://{host}:{port}", token=TOKEN)
         with caplog.at_level(logging.WARNING, logger="sidecar.backend"):

@@ -27,7 +27,7 @@ from typing import IO, Any
 import pytest
 
 import sidecar
-from tests.support import REGION, TOKEN, AwsEmulator, DaemonThread, free_port, make_settings, refused
+from tests.support import REGION, TOKEN, AwsEmulator, OpenDaemonThread, free_port, make_settings, refused
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 20.0
@@ -454,7 +454,7 @@ def test_get_prints_the_value_and_exits_1_for_a_missing_key(aws: AwsEmulator, sp
 
 
 def test_probe_checks_liveness_and_readiness_of_the_local_daemon(aws):
-    with DaemonThread(make_settings(aws, warmup="true"), background=False) as running:
+    with OpenDaemonThread(make_settings(aws, warmup="true")) as running:
         _host, port = running.address
         environ = {**os.environ, "SIDECAR_PORT": str(port)}
 

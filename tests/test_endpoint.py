@@ -13,7 +13,7 @@ import pytest
 
 from sidecar import cli, client
 from sidecar.backend import SidecarError, SidecarSecretsBackend
-from tests.support import TOKEN, DaemonThread, exception_chain, make_settings
+from tests.support import TOKEN, OpenDaemonThread, exception_chain, make_settings
 
 KWARG_TOKEN = "kwarg-token-0123456789abcdef"
 ENV_TOKEN = "env-token-0123456789abcdefgh"
@@ -254,7 +254,7 @@ def test_a_token_file_path_with_a_nul_is_named_by_the_backend(monkeypatch, tmp_p
 def test_probe_needs_no_token_and_get_reads_the_daemons_port(aws, monkeypatch, capsys, tmp_path):
     """In the daemon's container: SIDECAR_PORT says where it listens, and a probe never reads a token."""
     aws.put("airflow/variables/v", "beside the daemon")
-    with DaemonThread(make_settings(aws, warmup="false"), background=False) as running:
+    with OpenDaemonThread(make_settings(aws, warmup="false")) as running:
         _, port = running.address
         _clean_environment(monkeypatch, SIDECAR_PORT=str(port), SIDECAR_TOKEN_FILE=str(tmp_path / "unreadable"))
         assert cli.main(["probe"]) == 0

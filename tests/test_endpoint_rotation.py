@@ -20,7 +20,7 @@ import pytest
 
 from sidecar.backend import SidecarSecretsBackend
 from sidecar.cli import main
-from tests.support import DaemonThread, make_settings
+from tests.support import OpenDaemonThread, make_settings
 
 OLD = "old-token-0123456789abcdefghij"
 NEW = "new-token-abcdefghij0123456789"
@@ -73,7 +73,7 @@ def test_a_rotated_token_file_wins_over_a_stale_sidecar_token_for_get_and_the_ba
     settings = make_settings(
         aws, token_file=token_file, warmup="false", **({"unix_socket": unix_socket} if unix_socket else {})
     )
-    with DaemonThread(settings, background=False) as running:
+    with OpenDaemonThread(settings) as running:
         address = unix_socket or running.address
         for name in [name for name in os.environ if name.startswith("SIDECAR_")]:
             monkeypatch.delenv(name)

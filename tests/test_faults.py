@@ -201,8 +201,8 @@ async def test_a_rotation_while_the_daemon_starts_is_not_missed(aws, tmp_path):
     settings = make_settings(aws, token_file=str(token_file), warmup="false")  # reads the token
     _write(token_file, "rotated-token-0123456789")  # rotated before the daemon takes over
     clock = FakeClock()
-    daemon = Daemon(settings, timer=clock, background=False)
-    await daemon.start()
+    daemon = Daemon(settings, timer=clock)
+    await daemon.open()
     try:
         async with aiohttp.ClientSession() as http:
 

@@ -17,8 +17,8 @@ from sidecar.backend import LOCAL_TTL, SidecarError, SidecarSecretsBackend
 from tests.support import (
     TOKEN,
     AwsEmulator,
-    DaemonThread,
     FakeClock,
+    OpenDaemonThread,
     make_settings,
     served_requests,
     variable_in_forked_child,
@@ -30,7 +30,7 @@ class Daemon:
 
     def __init__(self, aws: AwsEmulator) -> None:
         self.clock = FakeClock()
-        self._thread = DaemonThread(make_settings(aws, warmup="false"), background=False, timer=self.clock)
+        self._thread = OpenDaemonThread(make_settings(aws, warmup="false"), timer=self.clock)
         self._thread.__enter__()
         self.url = self._thread.daemon.url
 

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from sidecar.daemon.config_error import ConfigError
 from sidecar.daemon.lifecycle import Daemon
 from sidecar.daemon.metrics import Metrics
-from sidecar.daemon.sources import UpstreamError, open_source, secretsmanager
+from sidecar.daemon.sources import UpstreamError, make_source, secretsmanager
 from sidecar.daemon.sources.quotas import QUOTAS, RateLimits, TokenBucket
 from tests.support import FakeClock, make_settings
 
@@ -135,8 +135,8 @@ async def test_a_throttled_listing_at_start_costs_one_call_then_waits_within_an_
         return 3600.0  # the test ends long before
 
     settings = make_settings(aws, {"endpoint_url": proxy.endpoint}, list_interval=120)
-    daemon = Daemon(settings, timer=FakeClock(), jitter=jitter, background=False)
-    await daemon.start()
+    daemon = Daemon(settings, timer=FakeClock(), jitter=jitter)
+    await daemon.open()
     warm_up = asyncio.ensure_future(daemon.warmup.warm_up())
     try:
         deadline = time.monotonic() + DEADLINE
@@ -275,6 +275,6 @@ async def test_while_batches_are_throttled_names_are_fetched_one_call_at_a_time(
     refuses batches, AWS is not straining and the 20 go together."""
     client = _BatchesRefused(code)
     names = [f"airflow/variables/v{n}" for n in range(20)]
-    async with open_source(make_settings(aws), Metrics(), client) as source:
-        assert await source.get_many(names) == dict.fromkeys(names, "x")
+    source = make_source(make_settings(aws), Metrics(), client)
+    assert await source.get_many(names) == dict.fromkeys(names, "x")
     assert client.most_in_flight == at_once

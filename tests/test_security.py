@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support import REGION, TOKEN, AwsEmulator, DaemonThread, FakeClock, make_settings
+from tests.support import REGION, TOKEN, AwsEmulator, FakeClock, OpenDaemonThread, make_settings
 
 PREFIXES = ("airflow/variables/", "airflow/connections/", "airflow/config/")
 OUTSIDE = {"other/secret": "outside-value-91ff", "airflow/other": "sibling-value-52aa", "root": "root-value-77cc"}
@@ -43,11 +43,11 @@ def _request(address: tuple[str, int], path: str, headers: dict[str, str] | None
 
 
 @pytest.fixture
-def served(aws: AwsEmulator) -> Iterator[DaemonThread]:
+def served(aws: AwsEmulator) -> Iterator[OpenDaemonThread]:
     for name, value in OUTSIDE.items():
         aws.put(name, value)
     aws.put("airflow/variables/inside", "inside-value")
-    with DaemonThread(make_settings(aws, warmup="false"), background=False) as running:
+    with OpenDaemonThread(make_settings(aws, warmup="false")) as running:
         yield running
 
 
@@ -154,7 +154,7 @@ def test_token_file_rotation_needs_no_restart(aws, tmp_path):
     token_file.write_text(TOKEN)
     clock = FakeClock()
     environment = {"token_file": str(token_file), "warmup": "false"}
-    with DaemonThread(make_settings(aws, **environment), timer=clock, background=False) as running:
+    with OpenDaemonThread(make_settings(aws, **environment), timer=clock) as running:
         assert _request(running.address, "/v1/variables/v")[0] == 200
         new_token = "rotated-token-abcdefghijklmnop"
         replacement = tmp_path / "token.new"
@@ -259,7 +259,7 @@ def test_unix_socket_is_0660_and_takes_the_configured_group(aws, tmp_path):
     group = grp.getgrgid(os.getgid()).gr_name
     path = tmp_path / "sidecar.sock"
     settings = make_settings(aws, unix_socket=str(path), unix_socket_group=group, warmup="false")
-    with DaemonThread(settings, background=False):
+    with OpenDaemonThread(settings):
         mode = path.stat()
         assert stat_module.S_ISSOCK(mode.st_mode)
         assert stat_module.S_IMODE(mode.st_mode) == 0o660
@@ -281,7 +281,7 @@ def test_a_token_file_every_user_may_read_is_warned_about_once(aws, tmp_path, ca
     token_file.chmod(mode)
     clock = FakeClock()
     settings = make_settings(aws, token_file=str(token_file), warmup="false")
-    with caplog.at_level("WARNING"), DaemonThread(settings, timer=clock, background=False) as running:
+    with caplog.at_level("WARNING"), OpenDaemonThread(settings, timer=clock) as running:
         rotated = tmp_path / "token.new"
         rotated.write_text("rotated-token-abcdefghijklmnop")
         rotated.chmod(mode)

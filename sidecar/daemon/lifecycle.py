@@ -1,5 +1,6 @@
-"""One running daemon: it assembles source, cache, catalog, lookup and HTTP handler, serves until
-told to stop, then shuts them down in reverse. `serve` runs one under SIGTERM and SIGINT."""
+"""One running daemon: it assembles source, cache, catalog, events, warm-up and lookup, listens for
+HTTP, runs its background loops until told to stop, then shuts them down in reverse. `serve` runs
+one under SIGTERM and SIGINT."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from sidecar.daemon.lookup.names import Names
 from sidecar.daemon.lookup.resolve import Resolver
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.settings import Settings
-from sidecar.daemon.sources import open_source
+from sidecar.daemon.sources import make_source, open_source
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,10 @@ KEEPALIVE_TIMEOUT = 60.0  # seconds an idle client connection is kept open
 
 
 class Daemon:
-    """One running sidecar. `background=False` leaves warm-up and refresh passes to the caller;
-    `listen=False` serves no HTTP (the caller asks `resolver`); `client` replaces the AWS client."""
+    """One running sidecar: `start` is `open` (its parts, then its HTTP listeners) and then
+    `run_background`. A test that drives the warm-up and the refresh passes itself calls `open`
+    alone; the fleet simulation calls `assemble` over its own AWS client, then `run_background`,
+    and serves no HTTP. `stop` closes whatever was started, in reverse."""
 
     def __init__(
         self,
@@ -47,17 +50,11 @@ class Daemon:
         *,
         timer: Callable[[], float] = time.monotonic,
         jitter: Callable[[float, float], float] = random.uniform,
-        background: bool = True,
-        listen: bool = True,
-        client: Any = None,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
         self._timer = timer
         self._jitter = jitter
-        self._background = background
-        self._listen_http = listen
-        self._client = client
         self._stack = contextlib.AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.ServerRunner | None = None
@@ -74,8 +71,23 @@ class Daemon:
         return self._scrape.url if self._scrape is not None else ""
 
     async def start(self) -> None:
+        await self.open()
+        self.run_background()
+
+    async def open(self) -> None:
+        """Serving HTTP, with nothing in the background yet."""
+        await self.assemble()
+        await self._serve_http()
+
+    async def assemble(self, client: Any = None) -> None:
+        """The parts, in order, each closed in reverse by `stop`. The AWS client is chosen here: the
+        daemon's own, or `client` (an object with the same methods, such as the fleet simulation's
+        store), which stays the caller's to close."""
         settings = self.settings
-        self.source = await self._stack.enter_async_context(open_source(settings, self.metrics, self._client))
+        if client is None:
+            self.source = await self._stack.enter_async_context(open_source(settings, self.metrics))
+        else:
+            self.source = make_source(settings, self.metrics, client)
         self.cache = Cache(
             self.source.get,
             fetch_many=self.source.get_many,
@@ -114,14 +126,6 @@ class Daemon:
         )
         readiness = self.warmup.readiness
         self.metrics.ready.set_function(lambda: float(readiness.ready))
-        if self._listen_http:
-            await self._serve_http()
-        if self._background:
-            if settings.warmup:
-                self._spawn(self.warmup.start())
-            self._spawn(self.cache.run_refresher(every=min(1.0, settings.ttl / 20)))
-            if self.events is not None:
-                self._spawn(self.events.run())
 
     async def _serve_http(self) -> None:
         settings = self.settings
@@ -142,6 +146,16 @@ class Daemon:
         if settings.metrics_port is not None:
             self._scrape = ScrapeListener(settings, handler)
             await self._scrape.start()
+
+    def run_background(self) -> None:
+        """The loops that keep the answers fresh: the warm-up and its listings, the refresh passes,
+        the events consumer."""
+        settings = self.settings
+        if settings.warmup:
+            self._spawn(self.warmup.start())
+        self._spawn(self.cache.run_refresher(every=min(1.0, settings.ttl / 20)))
+        if self.events is not None:
+            self._spawn(self.events.run())
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.ensure_future(coroutine))

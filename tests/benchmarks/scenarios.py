@@ -175,8 +175,8 @@ async def _simulate_day(
     # The whole quota: pacing waits on the real clock while the day runs on the fake one, so at the
     # default share each listing and batch call would wait 100 ms for nothing; no count changes.
     settings = make_settings(aws, aws_quota_share=1, **settings_env)
-    daemon = Daemon(settings, timer=clock, jitter=random.Random(200).uniform, background=False)
-    await daemon.start()
+    daemon = Daemon(settings, timer=clock, jitter=random.Random(200).uniform)
+    await daemon.open()
     try:
         aws.clear_counts()
         await daemon.warmup.warm_up()

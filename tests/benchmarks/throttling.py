@@ -31,8 +31,8 @@ async def _run(mode: str, emulator: AwsEmulator, seconds: float, keys: int) -> d
         settings = make_settings(
             emulator, {"endpoint_url": proxy.endpoint}, warmup="false", ttl=1, negative_ttl=1, request_timeout=3
         )
-        daemon = Daemon(settings, background=False)
-        await daemon.start()
+        daemon = Daemon(settings)
+        await daemon.open()
         names = [f"cached{i}" for i in range(keys)]
         cold = [f"cold{i}" for i in range(keys)]
         statuses: Counter[str] = Counter()

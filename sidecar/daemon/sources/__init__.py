@@ -9,7 +9,6 @@ carries it, the value.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +22,7 @@ from sidecar.daemon.sources.quotas import RateLimits
 from sidecar.daemon.sources.secretsmanager import SecretsManagerSource
 from sidecar.daemon.sources.ssm import ParameterStoreSource
 
-__all__ = ["Listed", "Source", "UpstreamError", "open_source"]
+__all__ = ["Listed", "Source", "UpstreamError", "make_source", "open_source"]
 
 SOURCES: dict[str, type[SecretsManagerSource] | type[ParameterStoreSource]] = {
     SECRETSMANAGER: SecretsManagerSource,
@@ -31,16 +30,16 @@ SOURCES: dict[str, type[SecretsManagerSource] | type[ParameterStoreSource]] = {
 }
 
 
-@asynccontextmanager
-async def open_source(settings: Settings, metrics: Metrics, client: Any = None) -> AsyncIterator[Source]:
-    """The configured source over one AWS client: its own, or `client` (an object with the same
-    methods, such as the fleet simulation's store), which stays the caller's to close."""
-    source_class = SOURCES[settings.source]
+def make_source(settings: Settings, metrics: Metrics, client: Any) -> Source:
+    """The configured source over `client`: an AWS client, or an object with the same methods
+    (the fleet simulation's store)."""
     # Paced on the event loop's clock: real time in a daemon, simulated time in the simulation.
     limits = RateLimits(settings.aws_quota_share, asyncio.get_running_loop().time)
-    async with contextlib.AsyncExitStack() as stack:
-        if client is None:
-            client = await stack.enter_async_context(
-                open_client(source_class.service, settings.store, settings.max_upstream)
-            )
-        yield source_class(client, Caller(metrics, settings.max_upstream, limits))
+    return SOURCES[settings.source](client, Caller(metrics, settings.max_upstream, limits))
+
+
+@asynccontextmanager
+async def open_source(settings: Settings, metrics: Metrics) -> AsyncIterator[Source]:
+    """The configured source over its own AWS client, closed on exit."""
+    async with open_client(SOURCES[settings.source].service, settings.store, settings.max_upstream) as client:
+        yield make_source(settings, metrics, client)
