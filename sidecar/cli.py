@@ -192,7 +192,8 @@ def run_serve(settings: Settings) -> int:
 async def _check(settings: Settings) -> int:
     from sidecar.daemon.lookup.names import Names
     from sidecar.daemon.metrics import Metrics
-    from sidecar.daemon.sources import UpstreamError, open_source
+    from sidecar.daemon.sources.base import UpstreamError
+    from sidecar.daemon.sources.configured import open_source
 
     async with open_source(settings, Metrics()) as source:  # a ConfigError if AWS's client refuses it
         ttls = f"ttl {settings.ttl:g}s, negative ttl {settings.negative_ttl:g}s"

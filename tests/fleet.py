@@ -47,8 +47,8 @@ from botocore.exceptions import ClientError
 from sidecar.daemon.events.queue import HEARTBEAT_EVERY, LONG_POLL
 from sidecar.daemon.lifecycle import Daemon
 from sidecar.daemon.settings import DEFAULTS as SETTINGS_DEFAULTS
-from sidecar.daemon.sources import UpstreamError
 from sidecar.daemon.sources.aws import NOT_RETRIED_WHEN_THROTTLED
+from sidecar.daemon.sources.base import UpstreamError
 from sidecar.daemon.sources.quotas import QUOTAS
 from tests.benchmarks.report import table
 from tests.support import make_settings, resolved

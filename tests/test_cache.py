@@ -9,7 +9,7 @@ import pytest
 
 from sidecar.daemon.cache import BACKOFF_FIRST, BACKOFF_MAX, REFRESH_MIN_INTERVAL, Cache, Status
 from sidecar.daemon.metrics import Metrics
-from sidecar.daemon.sources import UpstreamError
+from sidecar.daemon.sources.base import UpstreamError
 from tests.support import FakeClock
 
 THROTTLED = UpstreamError("GetSecretValue", "ThrottlingException", transient=True)

@@ -15,7 +15,7 @@ import aiohttp
 
 from sidecar.daemon.cache import REFRESH_MIN_INTERVAL
 from sidecar.daemon.lifecycle import Daemon
-from sidecar.daemon.sources import UpstreamError
+from sidecar.daemon.sources.base import UpstreamError
 from tests.support import TOKEN, AwsEmulator, FakeClock, make_settings
 
 

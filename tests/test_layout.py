@@ -96,3 +96,48 @@ def test_the_airflow_side_imports_the_standard_library_airflow_and_itself_only()
             if top in sys.stdlib_module_names or top == "airflow" or imported == "__future__":
                 continue
             assert imported in side or imported.rpartition(".")[0] in side, f"{name} imports {imported}"
+
+
+def test_the_settings_import_the_standard_library_the_airflow_side_and_each_other_only():
+    allowed = (*SETTINGS_SIDE, *AIRFLOW_SIDE)
+    for name in SETTINGS_SIDE:
+        for imported in _imports(name):
+            if imported.split(".")[0] in sys.stdlib_module_names or imported == "__future__":
+                continue
+            assert imported in allowed or imported.rpartition(".")[0] in allowed, f"{name} imports {imported}"
+
+
+# The data path below the HTTP handler names AWS's failure without loading an AWS client: the
+# error lives with the sources' protocol (sources/base.py), the client in sources/aws.py.
+WITHOUT_AWS_CLIENT = (
+    "sidecar.daemon.cache",
+    "sidecar.daemon.catalog.listing",
+    "sidecar.daemon.http.errors",
+    "sidecar.daemon.lookup.resolve",
+)
+
+
+def _loaded(name: str, graph: dict[str, set[str]]) -> set[str]:
+    """Every module of the package that importing `name` runs: what it imports, their parent
+    packages' `__init__`, and so on."""
+    loaded: set[str] = set()
+    todo = [name]
+    while todo:
+        module = todo.pop()
+        if module in loaded:
+            continue
+        loaded.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:end]) for end in range(1, len(parts)) if ".".join(parts[:end]) in MODULES]
+        todo += graph[module]
+    return loaded
+
+
+def test_the_cache_catalog_answers_and_errors_load_no_aws_client():
+    graph = _graph()
+    assert "sidecar.daemon.sources.aws" in _loaded("sidecar.daemon.lifecycle", graph)  # the check sees it
+    for name in WITHOUT_AWS_CLIENT:
+        loaded = _loaded(name, graph)
+        assert "sidecar.daemon.sources.aws" not in loaded, name
+        third_party = {imported.split(".")[0] for module in loaded for imported in _imports(module)}
+        assert not third_party & {"aiobotocore", "botocore", "boto3"}, name

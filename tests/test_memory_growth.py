@@ -18,7 +18,7 @@ import pytest
 
 from sidecar.daemon.cache import Cache
 from sidecar.daemon.metrics import Metrics
-from sidecar.daemon.sources import UpstreamError
+from sidecar.daemon.sources.base import UpstreamError
 from tests.support import FakeClock
 
 

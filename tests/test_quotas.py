@@ -15,7 +15,9 @@ from botocore.exceptions import ClientError
 from sidecar.daemon.config_error import ConfigError
 from sidecar.daemon.lifecycle import Daemon
 from sidecar.daemon.metrics import Metrics
-from sidecar.daemon.sources import UpstreamError, make_source, secretsmanager
+from sidecar.daemon.sources import secretsmanager
+from sidecar.daemon.sources.base import UpstreamError
+from sidecar.daemon.sources.configured import make_source
 from sidecar.daemon.sources.quotas import QUOTAS, RateLimits, TokenBucket
 from tests.support import FakeClock, make_settings
 

@@ -30,7 +30,7 @@ from sidecar.daemon.lookup.names import Names
 from sidecar.daemon.lookup.resolve import Resolver
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.settings import Settings
-from sidecar.daemon.sources import make_source, open_source
+from sidecar.daemon.sources.configured import make_source, open_source
 
 log = logging.getLogger(__name__)
 

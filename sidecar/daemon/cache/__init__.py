@@ -31,7 +31,7 @@ from sidecar.daemon.cache.entry import NOT_CACHED, Answer, Entries, Entry, Statu
 from sidecar.daemon.cache.flight import SingleFlight
 from sidecar.daemon.cache.refresher import REFRESH_AT, Refresher
 from sidecar.daemon.metrics import Metrics
-from sidecar.daemon.sources import UpstreamError
+from sidecar.daemon.sources.base import UpstreamError
 
 __all__ = ["BACKOFF_FIRST", "BACKOFF_MAX", "NOT_CACHED", "REFRESH_MIN_INTERVAL", "Cache", "Entry", "Status"]
 

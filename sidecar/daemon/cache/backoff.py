@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from sidecar.daemon.cache.entry import Entry
-from sidecar.daemon.sources import UpstreamError
+from sidecar.daemon.sources.base import UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 from cachetools import TLRUCache
 
 from sidecar import X_CACHE_HIT, X_CACHE_MISS, X_CACHE_STALE
-from sidecar.daemon.sources import UpstreamError
+from sidecar.daemon.sources.base import UpstreamError
 
 Answer = str | None
 

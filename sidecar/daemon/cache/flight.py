@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from sidecar.daemon.cache.entry import Answer, Entries, Entry
-from sidecar.daemon.sources import UpstreamError
+from sidecar.daemon.sources.base import UpstreamError
 
 Settle = Callable[[str, int, "Answer | UpstreamError", "asyncio.Future[Answer] | None"], None]
 

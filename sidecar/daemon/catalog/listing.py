@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from sidecar.daemon.metrics import Metrics
-from sidecar.daemon.sources import Listed, Source, UpstreamError
+from sidecar.daemon.sources.base import Listed, Source, UpstreamError
 
 log = logging.getLogger(__name__)
 

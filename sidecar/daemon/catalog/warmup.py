@@ -25,7 +25,7 @@ from sidecar.daemon.cache import Cache
 from sidecar.daemon.catalog.listing import Catalog
 from sidecar.daemon.events.consumer import Consumer
 from sidecar.daemon.settings import Settings
-from sidecar.daemon.sources import Source, UpstreamError
+from sidecar.daemon.sources.base import Source, UpstreamError
 
 log = logging.getLogger(__name__)
 

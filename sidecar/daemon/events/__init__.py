@@ -21,8 +21,6 @@ from sidecar.daemon.settings import Settings
 from sidecar.daemon.sources.aws import Caller, open_client
 from sidecar.daemon.sources.quotas import RateLimits
 
-__all__ = ["Consumer", "check_events", "open_events"]
-
 CALLS_IN_FLIGHT = 4  # a long poll, a delete, a heartbeat, a set-up call
 
 

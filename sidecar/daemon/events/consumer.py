@@ -22,7 +22,7 @@ from sidecar.daemon.cache import Cache
 from sidecar.daemon.events.hints import ACCEPTED, Reader
 from sidecar.daemon.events.queue import HEARTBEAT_EVERY, Queue
 from sidecar.daemon.metrics import Metrics
-from sidecar.daemon.sources import UpstreamError
+from sidecar.daemon.sources.base import UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.daemon.sources import UpstreamError
 from sidecar.daemon.sources.aws import Caller
+from sidecar.daemon.sources.base import UpstreamError
 
 log = logging.getLogger(__name__)
 

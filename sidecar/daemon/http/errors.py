@@ -16,7 +16,7 @@ from sidecar import ERRORS
 from sidecar.daemon.lookup.connections import InvalidSecret
 from sidecar.daemon.lookup.names import InvalidTeam
 from sidecar.daemon.settings import Settings
-from sidecar.daemon.sources import UpstreamError
+from sidecar.daemon.sources.base import UpstreamError
 
 log = logging.getLogger(__name__)
 

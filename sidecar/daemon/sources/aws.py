@@ -34,6 +34,7 @@ from sidecar import __version__
 from sidecar.daemon.backend_kwargs import StoreSettings
 from sidecar.daemon.config_error import ConfigError
 from sidecar.daemon.metrics import Metrics
+from sidecar.daemon.sources.base import THROTTLING_CODES, TRANSIENT_CODES, UpstreamError
 from sidecar.daemon.sources.quotas import RateLimits
 
 log = logging.getLogger(__name__)
@@ -41,48 +42,6 @@ T = TypeVar("T")
 
 # Every AWS call says whose it is (CloudTrail's userAgent), as AWS's own agent marks its calls.
 USER_AGENT = f"airflow-secrets-sidecar/{__version__}"
-
-# Codes that may pass: AWS throttles or fails inside, or the sidecar's own credentials are not
-# usable right now (being renewed, clock skew, keys replaced). These serve stale answers; only a
-# refusal (AccessDenied), a deletion or a decryption failure takes a cached answer away.
-THROTTLING_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "ProvisionedThroughputExceededException",
-    }
-)
-TRANSIENT_CODES = THROTTLING_CODES | frozenset(
-    {
-        "InternalServiceError",
-        "InternalServerError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "ExpiredTokenException",
-        "ExpiredToken",
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "SignatureDoesNotMatch",
-        "InvalidClientTokenId",
-    }
-)
-
-
-CREDENTIAL_CODES = frozenset(
-    {
-        "NoCredentials",
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "SignatureDoesNotMatch",
-        "InvalidClientTokenId",
-    }
-)
-
 
 # APIs with small account-wide quotas (100/s) whose throttling the daemon handles itself, by falling
 # back to GetSecretValue or by listing again later, spread out: botocore does not retry them when
@@ -94,35 +53,6 @@ NOT_RETRIED_WHEN_THROTTLED = frozenset({"ListSecrets", "BatchGetSecretValue", "G
 # throttles (tests/benchmarks/throttling.py measures it against "standard"), cached keys answered
 # as fast (stale); a key with nothing cached waits in the limiter up to the request timeout.
 RETRY_MODE = "adaptive"
-
-
-class UpstreamError(Exception):
-    """An AWS call failed. `transient` failures may serve stale answers; others never do."""
-
-    def __init__(self, api: str, code: str, transient: bool, detail: str = "") -> None:
-        self.api = api
-        self.code = code
-        self.transient = transient
-        # `detail` is AWS's own message (ARNs, actions): logged, never sent to clients.
-        self.detail = detail
-        super().__init__(f"AWS {api} failed: {code}")
-
-    @property
-    def throttled(self) -> bool:
-        """AWS refused the call for its rate: ask another API, or later, not this one again now."""
-        return self.code in THROTTLING_CODES
-
-    @property
-    def hint(self) -> str:
-        if self.code in ("AccessDeniedException", "AccessDenied"):
-            return "the sidecar's IAM role lacks a permission; see the IAM policy in docs/security.md"
-        if self.code in CREDENTIAL_CODES:
-            return (
-                "the sidecar has no valid AWS credentials (or its clock is off); check its role, profile or environment"
-            )
-        if self.transient:
-            return "AWS is throttling or unreachable; the sidecar retries with back-off"
-        return "see the sidecar's log"
 
 
 def classify(api: str, exc: BaseException) -> UpstreamError:

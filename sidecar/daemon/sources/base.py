@@ -1,11 +1,80 @@
-"""What every source gives: a value per name, a listing of names with their versions, batches."""
+"""What every source gives: a value per name, a listing of names with their versions, batches;
+and what it raises when AWS fails, `UpstreamError`, with the AWS error codes that decide its kind."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
-from sidecar.daemon.sources.aws import UpstreamError
+# Codes that may pass: AWS throttles or fails inside, or the sidecar's own credentials are not
+# usable right now (being renewed, clock skew, keys replaced). These serve stale answers; only a
+# refusal (AccessDenied), a deletion or a decryption failure takes a cached answer away.
+THROTTLING_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+    }
+)
+TRANSIENT_CODES = THROTTLING_CODES | frozenset(
+    {
+        "InternalServiceError",
+        "InternalServerError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "InvalidClientTokenId",
+    }
+)
+
+
+CREDENTIAL_CODES = frozenset(
+    {
+        "NoCredentials",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "InvalidClientTokenId",
+    }
+)
+
+
+class UpstreamError(Exception):
+    """An AWS call failed. `transient` failures may serve stale answers; others never do."""
+
+    def __init__(self, api: str, code: str, transient: bool, detail: str = "") -> None:
+        self.api = api
+        self.code = code
+        self.transient = transient
+        # `detail` is AWS's own message (ARNs, actions): logged, never sent to clients.
+        self.detail = detail
+        super().__init__(f"AWS {api} failed: {code}")
+
+    @property
+    def throttled(self) -> bool:
+        """AWS refused the call for its rate: ask another API, or later, not this one again now."""
+        return self.code in THROTTLING_CODES
+
+    @property
+    def hint(self) -> str:
+        if self.code in ("AccessDeniedException", "AccessDenied"):
+            return "the sidecar's IAM role lacks a permission; see the IAM policy in docs/security.md"
+        if self.code in CREDENTIAL_CODES:
+            return (
+                "the sidecar has no valid AWS credentials (or its clock is off); check its role, profile or environment"
+            )
+        if self.transient:
+            return "AWS is throttling or unreachable; the sidecar retries with back-off"
+        return "see the sidecar's log"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,8 @@ from typing import Any
 
 from aiobotocore.client import AioBaseClient
 
-from sidecar.daemon.sources.aws import TRANSIENT_CODES, Caller, UpstreamError
-from sidecar.daemon.sources.base import Listed
+from sidecar.daemon.sources.aws import Caller
+from sidecar.daemon.sources.base import TRANSIENT_CODES, Listed, UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from aiobotocore.client import AioBaseClient
 
-from sidecar.daemon.sources.aws import Caller, UpstreamError
-from sidecar.daemon.sources.base import Listed
+from sidecar.daemon.sources.aws import Caller
+from sidecar.daemon.sources.base import Listed, UpstreamError
 
 # The provider returns None for ParameterNotFound; a `name:version` that does not exist makes it
 # raise ParameterVersionNotFound, which Airflow logs and treats as not found: here, simply a 404.
