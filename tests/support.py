@@ -241,9 +241,8 @@ def refused(port: int) -> bool:
 
 
 async def resolved(resolver: Any, kind: str, key: str) -> tuple[str | None, Any]:
-    """What the daemon's lookup gives for `key`, awaited if it must be: (the value, the status)."""
-    result = resolver.resolve(kind, key)
-    answer, status = result if isinstance(result, tuple) else await result
+    """What the daemon's lookup gives for `key`: (the value, the status)."""
+    answer, status = await resolver.get(kind, key)
     return answer.value, status
 
 

@@ -7,7 +7,10 @@ import logging
 
 import pytest
 
-from sidecar.daemon.cache import BACKOFF_FIRST, BACKOFF_MAX, REFRESH_MIN_INTERVAL, Cache, Status
+from sidecar.daemon.cache.backoff import BACKOFF_FIRST, BACKOFF_MAX
+from sidecar.daemon.cache.cache import REFRESH_MIN_INTERVAL, Cache
+from sidecar.daemon.cache.entry import Status
+from sidecar.daemon.cache.store import SWEEP_EVERY
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.sources.base import UpstreamError
 from tests.support import FakeClock
@@ -35,17 +38,19 @@ class Store:
         return self.values.get(key)
 
     async def fetch_many(self, keys: list[str]) -> dict[str, str | None]:
+        """A batch call: one in `batches`, each of its keys in `calls` too."""
         self.batches.append(keys)
+        self.calls += keys
         if self.error is not None:
             raise self.error
         return {key: self.values.get(key) for key in keys}
 
 
-def make_cache(store: Store, clock: FakeClock, *, batch: bool = False, **options: float) -> Cache:
+def make_cache(store: Store, clock: FakeClock, **options: float) -> Cache:
     settings = {"ttl": 300, "negative_ttl": 60, "max_stale": 3600, "max_entries": 100, **options}
     return Cache(
         store.fetch,
-        fetch_many=store.fetch_many if batch else None,
+        store.fetch_many,
         metrics=Metrics(),
         timer=clock,
         jitter=lambda low, high: 0.8,
@@ -102,6 +107,19 @@ async def test_entries_are_bounded_least_recently_used_first():
         assert (await cache.get(key))[1] is Status.HIT
     assert (await cache.get("k1"))[1] is Status.MISS
     assert store.calls == ["k1"]
+
+
+async def test_entries_nobody_reads_leave_memory_once_they_can_no_longer_be_served():
+    store, clock = Store(**{f"k{i}": str(i) for i in range(10)}), FakeClock()
+    cache = make_cache(store, clock, max_stale=600)
+    cache.fill()({f"k{i}": str(i) for i in range(10)})  # as a warm-up loads them; never read
+    clock.advance(300 + 600 - 1)  # the TTL, then max_stale: servable as stale until then
+    cache.fill()({"new": "v"})
+    assert len(cache) == 11
+
+    clock.advance(SWEEP_EVERY + 1)
+    cache.fill()({"newer": "v"})
+    assert len(cache) == 2  # swept: 10 unread expired entries, found at the first write a minute on
 
 
 async def test_concurrent_requests_share_one_fetch():
@@ -246,7 +264,7 @@ async def test_a_key_read_steadily_is_never_a_miss_after_the_first():
 async def test_refresh_ahead_batches_entries_coming_due_together():
     keys = {f"k{i}": str(i) for i in range(30)}
     store, clock = Store(**keys), FakeClock()
-    cache = make_cache(store, clock, batch=True)
+    cache = make_cache(store, clock)
     for i, key in enumerate(keys):
         await cache.get(key)
         await cache.get(key)
@@ -259,7 +277,7 @@ async def test_refresh_ahead_batches_entries_coming_due_together():
 
 async def test_failed_batch_refresh_keeps_entries_until_they_expire():
     store, clock = Store(k="v"), FakeClock()
-    cache = make_cache(store, clock, batch=True)
+    cache = make_cache(store, clock)
     await cache.get("k")
     await cache.get("k")
     store.error = THROTTLED
@@ -290,7 +308,7 @@ async def test_a_slow_fetch_answers_the_stale_value_after_stale_after_and_goes_o
 
 async def test_background_refresh_backs_off_per_key_while_aws_fails():
     store, clock = Store(k="v"), FakeClock()
-    cache = make_cache(store, clock, batch=True)
+    cache = make_cache(store, clock)
     await cache.get("k")
     await cache.get("k")
     store.error = THROTTLED
@@ -329,7 +347,7 @@ async def test_a_result_older_than_the_latest_decision_is_dropped():
 
 async def test_a_refresh_pass_skips_entries_that_are_not_due_without_looking_at_them():
     store, clock = Store(**{f"k{i}": "v" for i in range(1000)}), FakeClock()
-    cache = make_cache(store, clock, batch=True, max_entries=2000)
+    cache = make_cache(store, clock, max_entries=2000)
     for i in range(1000):
         await cache.get(f"k{i}")
         await cache.get(f"k{i}")

@@ -229,7 +229,8 @@ async def test_our_own_bug_is_a_json_500_that_names_no_value(aws, start_sidecar,
     def broken(*_args):
         raise RuntimeError("a bug")
 
-    sidecar.daemon.resolver.resolve = broken
+    sidecar.daemon.resolver.peek = broken
+    sidecar.daemon.resolver.get = broken
     sidecar.daemon.metrics.render = broken
     async with sidecar.http.get(f"{sidecar.url}{path}", headers={"X-Sidecar-Token": TOKEN}) as response:
         assert response.status == 500

@@ -13,7 +13,7 @@ import os
 
 import aiohttp
 
-from sidecar.daemon.cache import REFRESH_MIN_INTERVAL
+from sidecar.daemon.cache.cache import REFRESH_MIN_INTERVAL
 from sidecar.daemon.lifecycle import Daemon
 from sidecar.daemon.sources.base import UpstreamError
 from tests.support import TOKEN, AwsEmulator, FakeClock, make_settings

@@ -110,7 +110,7 @@ def test_the_settings_import_the_standard_library_the_airflow_side_and_each_othe
 # The data path below the HTTP handler names AWS's failure without loading an AWS client: the
 # error lives with the sources' protocol (sources/base.py), the client in sources/aws.py.
 WITHOUT_AWS_CLIENT = (
-    "sidecar.daemon.cache",
+    "sidecar.daemon.cache.cache",
     "sidecar.daemon.catalog.listing",
     "sidecar.daemon.http.errors",
     "sidecar.daemon.lookup.resolve",

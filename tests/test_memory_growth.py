@@ -16,7 +16,7 @@ import weakref
 
 import pytest
 
-from sidecar.daemon.cache import Cache
+from sidecar.daemon.cache.cache import Cache
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.sources.base import UpstreamError
 from tests.support import FakeClock
@@ -26,10 +26,14 @@ class Held:
     """Stands for what a frame holds: an aiohttp request, botocore's response."""
 
 
-def make_cache(fetch, clock: FakeClock, *, batch=None, max_stale: float = 3600) -> Cache:  # type: ignore[no-untyped-def]
+async def no_batch(keys: list[str]) -> dict[str, str | None]:
+    raise AssertionError("these tests refresh nothing")
+
+
+def make_cache(fetch, clock: FakeClock, *, batch=no_batch, max_stale: float = 3600) -> Cache:  # type: ignore[no-untyped-def]
     return Cache(
         fetch,
-        fetch_many=batch,
+        batch,
         ttl=300,
         negative_ttl=60,
         max_stale=max_stale,
@@ -79,7 +83,7 @@ async def test_requests_answered_with_a_stored_failure_are_not_kept() -> None:
     await settled()
 
     assert sum(r() is not None for r in requests) == 0
-    assert cache._entries["k"].failure is not None  # the entry still holds its failure
+    assert cache._backoff.failure("k") is not None  # the cache still holds its failure
 
 
 async def test_a_stored_failure_keeps_nothing_of_the_failed_call() -> None:
@@ -110,7 +114,7 @@ async def test_a_failed_batch_keeps_nothing_of_its_call_or_its_requests() -> Non
     for key in values:
         await cache.get(key)
     await cache.revalidate(set(values), since=clock(), due_before=clock())  # all changed: the batch fails
-    assert all(cache._entries[key].failure is not None for key in values)
+    assert all(cache._backoff.failure(key) is not None for key in values)
     requests = [await ask(cache, key) for key in values for _ in range(5)]
     await settled()
 

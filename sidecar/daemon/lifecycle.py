@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from sidecar import __version__
-from sidecar.daemon.cache import STALE_AFTER, Cache
+from sidecar.daemon.cache.cache import STALE_AFTER, Cache
 from sidecar.daemon.catalog.listing import Catalog
 from sidecar.daemon.catalog.warmup import WarmUp
 from sidecar.daemon.events import open_events

@@ -147,7 +147,7 @@ def memory(entries: int = 10000) -> dict[str, Any]:
 
 
 async def _pass_times(size: int, passes: int = 200) -> dict[str, float]:
-    from sidecar.daemon.cache import Cache
+    from sidecar.daemon.cache.cache import Cache
     from sidecar.daemon.metrics import Metrics
 
     async def fetch(key: str) -> str:

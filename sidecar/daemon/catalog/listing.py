@@ -39,7 +39,7 @@ class Catalog:
         self._listed_at: float | None = None
         self._denied = False
 
-    def lacks(self, name: str) -> float | None:
+    def absent_since(self, name: str) -> float | None:
         """When the last good listing was taken, if it covers `name` and lacks it and is young
         enough to answer as a stale miss while AWS fails; else None."""
         if self._listed_at is None or name in self.listing:

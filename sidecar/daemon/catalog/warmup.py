@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from sidecar.daemon.cache import Cache
+from sidecar.daemon.cache.cache import Cache
 from sidecar.daemon.catalog.listing import Catalog
 from sidecar.daemon.events.consumer import Consumer
 from sidecar.daemon.settings import Settings

@@ -11,7 +11,7 @@ import contextlib
 import socket
 from collections.abc import Callable
 
-from sidecar.daemon.cache import Cache
+from sidecar.daemon.cache.cache import Cache
 from sidecar.daemon.events.consumer import Consumer
 from sidecar.daemon.events.hints import Reader
 from sidecar.daemon.events.queue import LONG_POLL, OwnQueue, Queue

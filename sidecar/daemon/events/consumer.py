@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sidecar.daemon.cache import Cache
+from sidecar.daemon.cache.cache import Cache
 from sidecar.daemon.events.hints import ACCEPTED, Reader
 from sidecar.daemon.events.queue import HEARTBEAT_EVERY, Queue
 from sidecar.daemon.metrics import Metrics

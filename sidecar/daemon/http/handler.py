@@ -4,7 +4,7 @@ The contract is docs/http-api.md: `GET /v1/{variables,connections,config}/{key}`
 and `refresh=true`; 200 `{"value": ...}` + `X-Cache`, 404 `not_found`, the errors of
 `errors.FAILURES`; `/healthz`, `/readyz`, `/metrics` need no token and name no key. Five paths
 are routed here rather than by an aiohttp application and its router, which costs each hit more
-than the rest of the lookup; a cache hit is answered with nothing awaited.
+than the rest of the lookup; a cache hit is answered with nothing awaited but the handler itself.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from aiohttp.hdrs import CONTENT_TYPE
 from multidict import CIMultiDict, istr
 
 from sidecar import CONFIG, CONNECTIONS, HEALTHZ, KINDS, LOOKUP_PATH, METRICS, READYZ, VARIABLES, X_CACHE
-from sidecar.daemon.cache import Status
+from sidecar.daemon.cache.entry import Status
 from sidecar.daemon.catalog.warmup import Readiness
 from sidecar.daemon.http import guards
 from sidecar.daemon.http.errors import Busy, error, failure, internal_error
 from sidecar.daemon.http.token import Token
-from sidecar.daemon.lookup.resolve import Answer, Resolved, Resolver
+from sidecar.daemon.lookup.resolve import Answer, Resolver
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.settings import Settings
 
@@ -34,6 +34,7 @@ JSON = "application/json; charset=utf-8"
 # Each found answer's headers built once: aiohttp copies a CIMultiDict faster than it reads a
 # dict's keys into one.
 FOUND_HEADERS = {status: CIMultiDict({CONTENT_TYPE: JSON, istr(X_CACHE): status.value}) for status in Status}
+NO_SUCH_PATH = "no such path; see GET /v1/{kind}/{key}"
 SINGULAR = {VARIABLES: "variable", CONNECTIONS: "connection", CONFIG: "config option"}
 
 Route = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -69,35 +70,56 @@ class Handler:
         path = request.rel_url.path_safe
         parent, _, key = path.rpartition("/")
         kind = self._kinds.get(parent)
-        if kind is not None and key:
-            response = self.lookup(request, kind, key.replace("%2F", "/").replace("%25", "%") if "%" in key else key)
-            return response if type(response) is web.Response else await response  # type: ignore[misc]
-        route = self._open.get(path)
-        if route is not None:
-            return await self._open_path(route, request)
-        return _refused(request, self._lookup_guards) or error("not_found", "no such path; see GET /v1/{kind}/{key}")
-
-    def lookup(self, request: web.BaseRequest, kind: str, key: str) -> web.Response | Awaitable[web.Response]:
-        """A variable, connection or config key: the response, or when AWS must be asked, its awaitable."""
+        if kind is None or not key:
+            route = self._open.get(path)
+            if route is not None:
+                return await self._open_path(route, request)
+            return _refused(request, self._lookup_guards) or error("not_found", NO_SUCH_PATH)
+        # A variable, connection or config key: from fresh entries with nothing awaited, else from AWS.
         started = time.perf_counter()
+        if "%" in key:
+            key = key.replace("%2F", "/").replace("%25", "%")
         team, refresh = None, False
         if request.query_string:
             team = request.query.get("team") or None
             refresh = request.query.get("refresh", "").lower() in ("1", "true", "yes")
+        response = self._from_cache(request, kind, key, team, refresh)
+        if response is None:
+            response = await self._from_aws(request, kind, key, team, refresh)
+        self._metrics.requests.observe(kind, response.status, time.perf_counter() - started)
+        return response
+
+    def _from_cache(
+        self, request: web.BaseRequest, kind: str, key: str, team: str | None, refresh: bool
+    ) -> web.Response | None:
+        """The response the guards or the fresh entries give; None when AWS must be asked."""
         try:
             for check in self._lookup_guards:
                 response = check(request)
                 if response is not None:
-                    break
-            else:
-                resolved = self._resolver.resolve(kind, key, team, refresh)
-                if type(resolved) is not tuple:
-                    return self._fetched(request, kind, key, resolved, started)  # type: ignore[arg-type]
-                response = _answer(kind, *resolved)
+                    return response
+            resolved = None if refresh else self._resolver.peek(kind, key, team)
+            return None if resolved is None else _answer(kind, *resolved)
         except Exception as exc:
-            response = failure(exc, self._settings, request.path)
-        self._metrics.requests.observe(kind, response.status, time.perf_counter() - started)
-        return response
+            return failure(exc, self._settings, request.path)
+
+    async def _from_aws(
+        self, request: web.BaseRequest, kind: str, key: str, team: str | None, refresh: bool
+    ) -> web.Response:
+        """A lookup that waits on AWS: within SIDECAR_MAX_REQUESTS and SIDECAR_REQUEST_TIMEOUT."""
+        if self.in_flight >= self._settings.max_requests:
+            return failure(Busy(), self._settings, request.path)
+        self.in_flight += 1
+        try:
+            answer, status = await asyncio.wait_for(
+                self._resolver.get(kind, key, team, refresh), self._settings.request_timeout
+            )
+            log.debug("%s %r: %s %s", kind, key, "found" if answer.value is not None else "not found", status.value)
+            return _answer(kind, answer, status)
+        except Exception as exc:
+            return failure(exc, self._settings, request.path)
+        finally:
+            self.in_flight -= 1
 
     async def open_only(self, request: web.BaseRequest) -> web.StreamResponse:
         """The metrics listener's handler (scrape.py): the paths that need no token, nothing else."""
@@ -121,26 +143,6 @@ class Handler:
         response = web.Response(body=self._metrics.render())
         response.content_type = "text/plain"
         response.headers["Content-Type"] = self._metrics.content_type
-        return response
-
-    async def _fetched(
-        self, request: web.BaseRequest, kind: str, key: str, resolving: Awaitable[Resolved], started: float
-    ) -> web.Response:
-        """A lookup that waits on AWS: within SIDECAR_MAX_REQUESTS and SIDECAR_REQUEST_TIMEOUT."""
-        try:
-            if self.in_flight >= self._settings.max_requests:
-                resolving.close()  # type: ignore[attr-defined]
-                raise Busy
-            self.in_flight += 1
-            try:
-                answer, status = await asyncio.wait_for(resolving, self._settings.request_timeout)
-            finally:
-                self.in_flight -= 1
-            log.debug("%s %r: %s %s", kind, key, "found" if answer.value is not None else "not found", status.value)
-            response = _answer(kind, answer, status)
-        except Exception as exc:
-            response = failure(exc, self._settings, request.path)
-        self._metrics.requests.observe(kind, response.status, time.perf_counter() - started)
         return response
 
     async def _open_path(self, route: Route, request: web.BaseRequest) -> web.StreamResponse:
