@@ -200,7 +200,7 @@ async def _check(settings: Settings) -> int:
         print(f"configuration ok: source {settings.source}, {ttls}")
         for prefix in Names(settings.store).listed_prefixes():
             try:
-                names = await source.list_secrets([prefix])
+                names = (await source.list_secrets([prefix])).versions
             except UpstreamError as exc:
                 print(f"{prefix}*: {exc} ({exc.hint})")
                 return 1

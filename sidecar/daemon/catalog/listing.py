@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from sidecar.daemon.metrics import Metrics
-from sidecar.daemon.sources.base import Listed, Source, UpstreamError
+from sidecar.daemon.sources.base import Source, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +35,26 @@ class Catalog:
         self._max_stale = max_stale
         self._metrics = metrics
         self._timer = timer
-        self.listing: dict[str, Listed] = {}  # the last good listing
+        self.versions: dict[str, str | None] = {}  # the last good listing's, by name
         self._listed_at: float | None = None
         self._denied = False
 
     def absent_since(self, name: str) -> float | None:
         """When the last good listing was taken, if it covers `name` and lacks it and is young
         enough to answer as a stale miss while AWS fails; else None."""
-        if self._listed_at is None or name in self.listing:
+        if self._listed_at is None or name in self.versions:
             return None
         if self._timer() - self._listed_at > self._max_stale:
             return None
         name = name.partition(":")[0]  # a Parameter Store `name:version` exists if `name` does
-        if name in self.listing or not name.startswith(self._prefixes):
+        if name in self.versions or not name.startswith(self._prefixes):
             return None
         return self._listed_at
 
-    async def refresh(self) -> set[str]:
+    async def refresh(self) -> tuple[set[str], dict[str, str]]:
         """List every prefix; return the names that changed since the last listing and whose new
-        state the listing does not carry (it carries Parameter Store's values).
+        state the listing does not carry, and the values it carries (Parameter Store's), which
+        the catalog does not keep.
 
         Raises UpstreamError, and keeps the last listing, if that fails.
         """
@@ -73,11 +74,11 @@ class Catalog:
         if self._denied:
             log.info("%s works again: changes are seen at each listing", self._source.list_permission)
             self._denied = False
-        before, first = self.listing, self._listed_at is None
-        changed = {name for name in before.keys() | listing.keys() if before.get(name) != listing.get(name)}
-        self.listing, self._listed_at = listing, self._timer()
+        before, after, first = self.versions, listing.versions, self._listed_at is None
+        changed = {name for name in before.keys() | after.keys() if before.get(name, ()) != after.get(name, ())}
+        self.versions, self._listed_at = after, self._timer()
         self._metrics.last_listing.set_to_current_time()
-        log.info("listed %d secrets under %d prefixes, %d changed", len(listing), len(self._prefixes), len(changed))
+        log.info("listed %d secrets under %d prefixes, %d changed", len(after), len(self._prefixes), len(changed))
         if first:
-            return set()  # the warm-up loads what it lists
-        return {name for name in changed if name not in listing or listing[name].value is None}
+            return set(), listing.values  # the warm-up loads what it lists
+        return {name for name in changed if name not in listing.values}, listing.values

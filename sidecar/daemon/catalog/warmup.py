@@ -124,10 +124,11 @@ class WarmUp:
     async def warm_up(self) -> None:
         """List the prefixes and load every value found; retry until AWS answers or refuses."""
         delay = 1.0
+        values: dict[str, str] = {}  # none while the listing is denied
         while True:
             store = self._cache.fill()
             try:
-                await self._catalog.refresh()
+                _, values = await self._catalog.refresh()
                 break
             except UpstreamError as error:
                 if not error.transient:
@@ -141,7 +142,8 @@ class WarmUp:
                     delay = min(delay * 2, WARMUP_RETRY_MAX)
                 log.warning("warm-up: %s; retrying in %.0fs", self.readiness.reason, wait)
                 await asyncio.sleep(wait)
-        unfetched = self._keep_listed_values(store)
+        store(values)  # the values the listing carried (Parameter Store's)
+        unfetched = sorted(name for name in self._catalog.versions if name not in values)
         if unfetched:
             store = self._cache.fill()
             try:
@@ -156,15 +158,9 @@ class WarmUp:
         since the last one, and what comes due for refresh before the next one."""
         started = self._timer()
         store = self._cache.fill()
-        changed = await self._catalog.refresh()
+        changed, values = await self._catalog.refresh()
         if self._events is not None:
             self._events.listing_found(changed, started)
-        self._keep_listed_values(store)
+        store(values)
         next_listing = self._timer() + self._settings.list_interval * LIST_JITTER[1]
         await self._cache.revalidate(changed, since=started, due_before=next_listing)
-
-    def _keep_listed_values(self, store: Callable[[dict[str, str | None]], None]) -> list[str]:
-        """Cache the values the listing carried (Parameter Store's do); return the names without one."""
-        listing = self._catalog.listing
-        store({name: e.value for name, e in listing.items() if e.value is not None})
-        return sorted(name for name, e in listing.items() if e.value is None)

@@ -3,7 +3,7 @@ and what it raises when AWS fails, `UpstreamError`, with the AWS error codes tha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 # Codes that may pass: AWS throttles or fails inside, or the sidecar's own credentials are not
@@ -78,11 +78,13 @@ class UpstreamError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Listed:
-    """One name in a listing."""
+class Listing:
+    """The names under some prefixes: each name's version, which changes whenever its value does
+    (AWSCURRENT's version id, a parameter's Version), and the values where the listing carries
+    them (Parameter Store's)."""
 
-    version: str | None  # changes whenever the value does: AWSCURRENT's version id, a parameter's Version
-    value: str | None = None  # the value, where the listing carries it (Parameter Store)
+    versions: dict[str, str | None]
+    values: dict[str, str] = field(default_factory=dict)
 
 
 class Source(Protocol):
@@ -91,7 +93,7 @@ class Source(Protocol):
 
     async def get(self, name: str) -> str | None: ...
 
-    async def list_secrets(self, prefixes: list[str]) -> dict[str, Listed]:
+    async def list_secrets(self, prefixes: list[str]) -> Listing:
         """Every name under any of `prefixes` (each ends with the separator)."""
         ...
 

@@ -9,7 +9,7 @@ from typing import Any
 from aiobotocore.client import AioBaseClient
 
 from sidecar.daemon.sources.aws import Caller
-from sidecar.daemon.sources.base import TRANSIENT_CODES, Listed, UpstreamError
+from sidecar.daemon.sources.base import TRANSIENT_CODES, Listing, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class SecretsManagerSource:
         self._timer = asyncio.get_running_loop().time  # simulated time under tests/fleet.py
         self._batch_paused_until: float | None = None  # BatchGetSecretValue denied or throttled: one by one
         self._batch_throttled = False  # the pause is AWS's throttling: ask one name at a time
-        self._listed: dict[str, Listed] = {}  # the last listing, for the versions it named
+        self._versions: dict[str, str | None] = {}  # the last listing's
 
     async def get(self, name: str) -> str | None:
         # AWSCURRENT is what AWS serves without a label too; moto, after UpdateSecretVersionStage
@@ -52,11 +52,11 @@ class SecretsManagerSource:
         # Binary secrets have no SecretString: like the provider, they are not served.
         return None if response is None else response.get("SecretString")
 
-    async def list_secrets(self, prefixes: list[str]) -> dict[str, Listed]:
+    async def list_secrets(self, prefixes: list[str]) -> Listing:
         """Every secret under `prefixes`, with the version AWSCURRENT is on (ListSecrets carries no
         values). One paginated listing for all: the `name` filter is a case-sensitive prefix match
         and a secret matches if any of its values does (at most 10: one prefix per kind here)."""
-        listed: dict[str, Listed] = {}
+        versions: dict[str, str | None] = {}
         request: dict[str, Any] = {"Filters": [{"Key": "name", "Values": prefixes}], "MaxResults": 100}
         while True:
             page = await self._call("ListSecrets", lambda request=request: self._client.list_secrets(**request))
@@ -64,10 +64,10 @@ class SecretsManagerSource:
             for entry in page.get("SecretList", []):
                 name = entry["Name"]
                 if name.startswith(tuple(prefixes)):
-                    listed[name] = Listed(_current_version(entry))
+                    versions[name] = _current_version(entry)
             if not page.get("NextToken"):
-                self._listed = listed
-                return listed
+                self._versions = versions
+                return Listing(versions)
             request = {**request, "NextToken": page["NextToken"]}
 
     async def get_many(self, names: list[str], *, ahead: bool = False) -> dict[str, str | UpstreamError | None]:
@@ -107,13 +107,17 @@ class SecretsManagerSource:
             self._batch_paused_until = None
             log.info("BatchGetSecretValue works again: secrets are fetched 20 per call")
         found: dict[str, str | UpstreamError | None] = {}
+        # Each answer under the name as asked, not AWS's copy of it: the cache, the listing and the
+        # refresh queue then share one string per name.
+        asked = {name: name for name in batch}
         for secret in response.get("SecretValues", []):
             # BatchGetSecretValue takes no staging label. An answer on another version than the one
             # the last listing named is asked again by label: on AWS, the listing lagged a newer
             # change; moto's batch ignores a label moved by UpdateSecretVersionStage.
-            listed = self._listed.get(secret["Name"])
-            if listed is None or listed.version in (None, secret.get("VersionId")):
-                found[secret["Name"]] = secret.get("SecretString")
+            name = asked.get(secret["Name"], secret["Name"])
+            version = self._versions.get(name)
+            if version is None or version == secret.get("VersionId"):
+                found[name] = secret.get("SecretString")
         for error in response.get("Errors", []):
             code = str(error.get("ErrorCode") or "Unknown")
             detail = str(error.get("Message") or "")

@@ -7,7 +7,7 @@ from typing import Any
 from aiobotocore.client import AioBaseClient
 
 from sidecar.daemon.sources.aws import Caller
-from sidecar.daemon.sources.base import Listed, UpstreamError
+from sidecar.daemon.sources.base import Listing, UpstreamError
 
 # The provider returns None for ParameterNotFound; a `name:version` that does not exist makes it
 # raise ParameterVersionNotFound, which Airflow logs and treats as not found: here, simply a 404.
@@ -29,9 +29,9 @@ class ParameterStoreSource:
         )
         return None if response is None else response["Parameter"]["Value"]
 
-    async def list_secrets(self, prefixes: list[str]) -> dict[str, Listed]:
+    async def list_secrets(self, prefixes: list[str]) -> Listing:
         """Every parameter below each prefix (recursive), with its decrypted value and Version."""
-        found: dict[str, Listed] = {}
+        found = Listing({})
         for prefix in prefixes:  # GetParametersByPath takes one path
             request: dict[str, Any] = {"Path": prefix.rstrip("/") or "/", "Recursive": True, "WithDecryption": True}
             while True:
@@ -41,7 +41,8 @@ class ParameterStoreSource:
                 assert page is not None
                 for parameter in page.get("Parameters", []):
                     if parameter["Name"].startswith(prefix):
-                        found[parameter["Name"]] = Listed(str(parameter.get("Version")), parameter["Value"])
+                        found.versions[parameter["Name"]] = str(parameter.get("Version"))
+                        found.values[parameter["Name"]] = parameter["Value"]
                 if not page.get("NextToken"):
                     break
                 request = {**request, "NextToken": page["NextToken"]}
