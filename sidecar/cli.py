@@ -190,7 +190,7 @@ def run_serve(settings: Settings) -> int:
 
 
 async def _check(settings: Settings) -> int:
-    from sidecar.daemon.lookup.names import Names
+    from sidecar.daemon.answers.names import Names
     from sidecar.daemon.metrics import Metrics
     from sidecar.daemon.sources.base import UpstreamError
     from sidecar.daemon.sources.configured import open_source

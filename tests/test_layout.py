@@ -113,7 +113,7 @@ WITHOUT_AWS_CLIENT = (
     "sidecar.daemon.cache.cache",
     "sidecar.daemon.catalog.listing",
     "sidecar.daemon.http.errors",
-    "sidecar.daemon.lookup.resolve",
+    "sidecar.daemon.answers.resolver",
 )
 
 

@@ -41,7 +41,7 @@ def test_lookup_counter_matches_prometheus_client_and_shows_every_result():
     for result in LOOKUP_RESULTS:
         theirs.labels(result)  # every result exported from the start, at 0
     for result in ("hit", "hit", "miss", "stale", "hit"):
-        ours.lookups.counts[result] += 1
+        ours.cache_lookups.counts[result] += 1
         theirs.labels(result).inc()
     assert series(ours.render(), "sidecar_cache_lookups_total") == series(
         generate_latest(registry), "sidecar_cache_lookups_total"

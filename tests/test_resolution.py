@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from sidecar.daemon.answers.connections import InvalidSecret, normalise
 from sidecar.daemon.backend_kwargs import CONN_WORDS
-from sidecar.daemon.lookup.connections import InvalidSecret, normalise
 from tests.support import exception_chain
 
 

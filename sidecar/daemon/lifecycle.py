@@ -17,6 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from sidecar import __version__
+from sidecar.daemon.answers.names import Names
+from sidecar.daemon.answers.resolver import Resolver
 from sidecar.daemon.cache.cache import STALE_AFTER, Cache
 from sidecar.daemon.catalog.listing import Catalog
 from sidecar.daemon.catalog.warmup import WarmUp
@@ -26,8 +28,6 @@ from sidecar.daemon.http.handler import Handler
 from sidecar.daemon.http.listen import Listener
 from sidecar.daemon.http.scrape import ScrapeListener
 from sidecar.daemon.http.token import Token
-from sidecar.daemon.lookup.names import Names
-from sidecar.daemon.lookup.resolve import Resolver
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.settings import Settings
 from sidecar.daemon.sources.configured import make_source, open_source
@@ -122,7 +122,7 @@ class Daemon:
             self.cache,
             self.catalog if settings.warmup else None,
             timer=self._timer,
-            counts=self.metrics.lookups.counts,
+            counts=self.metrics.cache_lookups.counts,
         )
         readiness = self.warmup.readiness
         self.metrics.ready.set_function(lambda: float(readiness.ready))

@@ -63,7 +63,7 @@ class Metrics:
             ["api"],
             registry=self.registry,
         )
-        self.lookups = LookupCounter(self.registry)
+        self.cache_lookups = CacheLookups(self.registry)
         self.refresh_failures = Counter(
             "sidecar_refresh_failures",
             "Background refreshes that failed.",
@@ -111,7 +111,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class LookupCounter:
+class CacheLookups:
     """`sidecar_cache_lookups` by result: `counts[result] += 1`, on the event loop's thread."""
 
     def __init__(self, registry: CollectorRegistry) -> None:

@@ -11,11 +11,11 @@ import contextlib
 import socket
 from collections.abc import Callable
 
+from sidecar.daemon.answers.names import Names
 from sidecar.daemon.cache.cache import Cache
 from sidecar.daemon.events.consumer import Consumer
 from sidecar.daemon.events.hints import Reader
 from sidecar.daemon.events.queue import LONG_POLL, OwnQueue, Queue
-from sidecar.daemon.lookup.names import Names
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.settings import Settings
 from sidecar.daemon.sources.aws import Caller, open_client

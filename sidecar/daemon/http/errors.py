@@ -13,8 +13,8 @@ from collections.abc import Callable
 from aiohttp import web
 
 from sidecar import ERRORS
-from sidecar.daemon.lookup.connections import InvalidSecret
-from sidecar.daemon.lookup.names import InvalidTeam
+from sidecar.daemon.answers.connections import InvalidSecret
+from sidecar.daemon.answers.names import InvalidTeam
 from sidecar.daemon.settings import Settings
 from sidecar.daemon.sources.base import UpstreamError
 

@@ -19,12 +19,12 @@ from aiohttp.hdrs import CONTENT_TYPE
 from multidict import CIMultiDict, istr
 
 from sidecar import CONFIG, CONNECTIONS, HEALTHZ, KINDS, LOOKUP_PATH, METRICS, READYZ, VARIABLES, X_CACHE
+from sidecar.daemon.answers.resolver import Answer, Resolver
 from sidecar.daemon.cache.entry import Status
 from sidecar.daemon.catalog.warmup import Readiness
 from sidecar.daemon.http import guards
 from sidecar.daemon.http.errors import Busy, error, failure, internal_error
 from sidecar.daemon.http.token import Token
-from sidecar.daemon.lookup.resolve import Answer, Resolver
 from sidecar.daemon.metrics import Metrics
 from sidecar.daemon.settings import Settings
 

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sidecar import CONNECTIONS, SECRETSMANAGER
+from sidecar.daemon.answers.connections import normalise
+from sidecar.daemon.answers.names import Names
 from sidecar.daemon.backend_kwargs import CONN_WORDS, StoreSettings
 from sidecar.daemon.cache.cache import Cache
 from sidecar.daemon.cache.entry import Entry, Status, Value
 from sidecar.daemon.catalog.listing import Catalog
-from sidecar.daemon.lookup.connections import normalise
-from sidecar.daemon.lookup.names import Names
 
 _SEVERITY = {Status.HIT: 0, Status.MISS: 1, Status.STALE: 2}
 MEMO_MAX = 10000  # keys remembered; all dropped at once past it
