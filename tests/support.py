@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import boto3
@@ -22,6 +22,11 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from werkzeug.serving import make_server
 
 from sidecar.daemon.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from prometheus_client.samples import Sample
+
+    from sidecar.daemon.metrics import Metrics
 
 REGION = "us-east-1"
 TOKEN = "test-token-0123456789abcdef"
@@ -262,6 +267,19 @@ def variable_in_forked_child(backend: Any, key: str) -> tuple[tuple[str, Any], i
     result = results.get(timeout=30)
     child.join(timeout=30)
     return result, child.exitcode
+
+
+def metric_samples(metrics: Metrics) -> list[Sample]:
+    """Every sample of the daemon's /metrics text, as Prometheus's own client library parses it."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [sample for family in text_string_to_metric_families(metrics.render().decode()) for sample in family.samples]
+
+
+def sample_value(metrics: Metrics, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """One sample's value in the daemon's /metrics text (None: no such series)."""
+    wanted = labels or {}
+    return next((s.value for s in metric_samples(metrics) if s.name == name and s.labels == wanted), None)
 
 
 def served_requests(sidecar_url: str) -> dict[tuple[str, str], float]:

@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any
 
-from tests.support import AwsEmulator
+from tests.support import AwsEmulator, sample_value
 
 
 async def test_300_concurrent_requests_for_a_cold_key_make_one_call(aws, start_sidecar):
@@ -185,8 +185,8 @@ async def test_warm_up_waits_for_aws_and_readyz_says_why(aws, start_sidecar):
 
 
 def _upstream(sidecar, api: str, outcome: str) -> float:
-    registry = sidecar.daemon.metrics.registry
-    return registry.get_sample_value("sidecar_upstream_calls_total", {"api": api, "outcome": outcome}) or 0.0
+    metrics = sidecar.daemon.metrics
+    return sample_value(metrics, "sidecar_upstream_calls_total", {"api": api, "outcome": outcome}) or 0.0
 
 
 async def test_a_hit_is_answered_without_a_task_or_a_timer_and_counted_once(aws, start_sidecar, monkeypatch):
@@ -209,13 +209,13 @@ async def test_a_hit_is_answered_without_a_task_or_a_timer_and_counted_once(aws,
     connection = await running.get("connections", "c")
     assert json.loads(connection[1]["value"])["login"] == "u" and connection[2] == "hit"
     assert aws.total() == calls
-    metrics = running.daemon.metrics.registry
-    assert metrics.get_sample_value("sidecar_cache_lookups_total", {"result": "hit"}) == 2
-    assert metrics.get_sample_value("sidecar_cache_lookups_total", {"result": "negative_hit"}) == 1
+    metrics = running.daemon.metrics
+    assert sample_value(metrics, "sidecar_cache_lookups_total", {"result": "hit"}) == 2
+    assert sample_value(metrics, "sidecar_cache_lookups_total", {"result": "negative_hit"}) == 1
 
 
 def _lookups(sidecar, result: str) -> float:
-    return sidecar.daemon.metrics.registry.get_sample_value("sidecar_cache_lookups_total", {"result": result}) or 0.0
+    return sample_value(sidecar.daemon.metrics, "sidecar_cache_lookups_total", {"result": result}) or 0.0
 
 
 async def test_a_hit_answered_many_times_expires_with_its_ttl(aws, start_sidecar):

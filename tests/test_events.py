@@ -31,7 +31,7 @@ from sidecar.daemon.events.queue import (
 )
 from sidecar.daemon.lifecycle import Daemon
 from sidecar.daemon.settings import DEFAULTS
-from tests.support import REGION, TOKEN, AwsEmulator, FakeClock, make_settings
+from tests.support import REGION, TOKEN, AwsEmulator, FakeClock, make_settings, metric_samples, sample_value
 
 PREFIXES = ["airflow/config/", "airflow/connections/", "airflow/variables/"]
 ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:airflow/variables/db-a1B2c3"
@@ -210,7 +210,7 @@ def publish(aws: AwsEmulator, topic: str, event: dict[str, Any]) -> None:
 
 
 def received(daemon: Daemon, outcome: str) -> float:
-    value = daemon.metrics.registry.get_sample_value("sidecar_events_received_total", {"outcome": outcome})
+    value = sample_value(daemon.metrics, "sidecar_events_received_total", {"outcome": outcome})
     return value or 0.0
 
 
@@ -370,7 +370,7 @@ async def test_a_failing_queue_leaves_lookups_alone_and_the_listing_takes_over(e
     events_aws.fail["ReceiveMessage"] = code
     publish(events_aws, topic, label_updated("airflow/variables/other"))  # ends the long poll under way
     await until(lambda: _upstream_errors(daemon, "ReceiveMessage") >= 1, "a failed receive")
-    assert daemon.metrics.registry.get_sample_value("sidecar_events_consumer_up") == 0
+    assert sample_value(daemon.metrics, "sidecar_events_consumer_up") == 0
     assert await daemon.get("v") == (200, "one")
     listings = events_aws.calls["ListSecrets"]
     daemon._timer.advance(61)  # past FALLBACK_AFTER of failed receives, on the daemon's clock
@@ -390,7 +390,7 @@ async def test_a_hanging_queue_leaves_lookups_alone_and_the_backstop_listing_fin
     events_aws.client().put_secret_value(SecretId="airflow/variables/v", SecretString="two")  # its event is lost
     answers = await ask_until(daemon, "v", "two", within=10.0)  # by the backstop listing
     assert set(answers) <= {(200, "one"), (200, "two")}  # every lookup answered meanwhile
-    assert daemon.metrics.registry.get_sample_value("sidecar_listing_unannounced_changes_total") >= 1
+    assert sample_value(daemon.metrics, "sidecar_listing_unannounced_changes_total") >= 1
     proxy.clear()
 
 
@@ -405,7 +405,7 @@ async def test_an_announced_change_the_backstop_listing_finds_an_hour_later_keep
     await until(lambda: _fetched(daemon, "changed") == 1, "the event's fetch")
     daemon._timer.advance(DEFAULTS["events_list_interval"] * 1.1)  # the next backstop listing, at the latest
     await daemon.warmup.list_once()
-    assert daemon.metrics.registry.get_sample_value("sidecar_listing_unannounced_changes_total") == 0
+    assert sample_value(daemon.metrics, "sidecar_listing_unannounced_changes_total") == 0
     assert daemon.events.trusted()
 
 
@@ -414,7 +414,7 @@ async def test_an_idle_daemons_long_poll_ends_empty_not_in_a_read_timeout(events
     daemon = await start_daemon(events="sns", events_topic_arn=topic)
     await until(lambda: _upstream_ok(daemon, "ReceiveMessage") >= 1, "an empty receive", timeout=LONG_POLL + 15)
     assert _upstream_errors(daemon, "ReceiveMessage") == 0
-    assert daemon.metrics.registry.get_sample_value("sidecar_events_consumer_up") == 1 and daemon.events.trusted()
+    assert sample_value(daemon.metrics, "sidecar_events_consumer_up") == 1 and daemon.events.trusted()
 
 
 async def test_a_change_no_event_announced_sends_the_listing_back_to_its_interval(events_aws, topic, start_daemon):
@@ -425,20 +425,20 @@ async def test_a_change_no_event_announced_sends_the_listing_back_to_its_interva
     events_aws.client().put_secret_value(SecretId="airflow/variables/v", SecretString="two")  # no event
     await daemon.warmup.list_once()
     assert not daemon.events.trusted()
-    assert daemon.metrics.registry.get_sample_value("sidecar_listing_unannounced_changes_total") == 1
+    assert sample_value(daemon.metrics, "sidecar_listing_unannounced_changes_total") == 1
     assert await daemon.get("v") == (200, "two")
 
 
 def _fetched(daemon: Daemon, outcome: str) -> float:
-    value = daemon.metrics.registry.get_sample_value("sidecar_event_fetches_total", {"outcome": outcome})
+    value = sample_value(daemon.metrics, "sidecar_event_fetches_total", {"outcome": outcome})
     return value or 0.0
 
 
 def _upstream_errors(daemon: Daemon, api: str) -> float:
     """Failed calls, throttled ones included."""
-    registry = daemon.metrics.registry
+    metrics = daemon.metrics
     return sum(
-        registry.get_sample_value("sidecar_upstream_calls_total", {"api": api, "outcome": outcome}) or 0.0
+        sample_value(metrics, "sidecar_upstream_calls_total", {"api": api, "outcome": outcome}) or 0.0
         for outcome in ("error", "throttled")
     )
 
@@ -538,10 +538,8 @@ async def test_every_call_a_daemon_makes_is_in_the_setup_policy_and_marked_as_it
 
     made = {
         sample.labels["api"]
-        for metric in daemon.metrics.registry.collect()
-        if metric.name == "sidecar_upstream_calls"
-        for sample in metric.samples
-        if sample.value > 0
+        for sample in metric_samples(daemon.metrics)
+        if sample.name == "sidecar_upstream_calls_total" and sample.value > 0
     }
     assert {"CreateQueue", "Subscribe", "ReceiveMessage", "DeleteMessageBatch", "TagQueue", "Unsubscribe"} <= made
     # Every call the daemon made says whose it is, as AWS's agent marks its calls (CloudTrail's userAgent).
@@ -557,5 +555,5 @@ async def test_every_call_a_daemon_makes_is_in_the_setup_policy_and_marked_as_it
 
 
 def _upstream_ok(daemon: Daemon, api: str) -> float:
-    value = daemon.metrics.registry.get_sample_value("sidecar_upstream_calls_total", {"api": api, "outcome": "ok"})
+    value = sample_value(daemon.metrics, "sidecar_upstream_calls_total", {"api": api, "outcome": "ok"})
     return value or 0.0

@@ -16,7 +16,7 @@ import aiohttp
 from sidecar.daemon.cache.cache import REFRESH_MIN_INTERVAL
 from sidecar.daemon.lifecycle import Daemon
 from sidecar.daemon.sources.base import UpstreamError
-from tests.support import TOKEN, AwsEmulator, FakeClock, make_settings
+from tests.support import TOKEN, AwsEmulator, FakeClock, make_settings, sample_value
 
 
 def _via(proxy) -> dict[str, str]:
@@ -31,8 +31,8 @@ async def _wait(predicate, what: str, timeout: float = 10.0) -> None:
 
 
 def _upstream(sidecar, api: str, outcome: str) -> float:
-    registry = sidecar.daemon.metrics.registry
-    return registry.get_sample_value("sidecar_upstream_calls_total", {"api": api, "outcome": outcome}) or 0.0
+    metrics = sidecar.daemon.metrics
+    return sample_value(metrics, "sidecar_upstream_calls_total", {"api": api, "outcome": outcome}) or 0.0
 
 
 # --- 1. AWS black-holed: stale answers at once, the fetch goes on behind them ---

@@ -9,6 +9,7 @@ import re
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.daemon.metrics import Metrics
 from tests.support import REPO
@@ -20,7 +21,7 @@ OPERATIONS = REPO / "docs" / "operations.md"
 
 # A series a PromQL expression reads: a metric this project names, with its label matchers.
 SELECTOR = re.compile(r"\b(?:up|sidecar_\w+|process_\w+)\b(?:\{[^}]*\})?")
-# What prometheus_client appends to a family's name in its series.
+# What the text format appends to a family's name in its series.
 SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 
 
@@ -58,7 +59,7 @@ def test_every_alert_says_how_bad_and_what_to_do_and_is_documented():
 
 
 def test_every_series_the_alerts_and_dashboard_read_is_one_the_daemon_exports():
-    exported = {family.name for family in Metrics().registry.collect()} | {"up"}
+    exported = {family.name for family in text_string_to_metric_families(Metrics().render().decode())} | {"up"}
     used = {
         selector.split("{")[0]
         for expr in [rule["expr"] for rule in alert_rules()] + dashboard_queries()

@@ -19,7 +19,7 @@ from sidecar.daemon.sources import secretsmanager
 from sidecar.daemon.sources.base import UpstreamError
 from sidecar.daemon.sources.configured import make_source
 from sidecar.daemon.sources.quotas import QUOTAS, RateLimits, TokenBucket
-from tests.support import FakeClock, make_settings
+from tests.support import FakeClock, make_settings, sample_value
 
 DEADLINE = 30.0  # seconds any wait on a condition below may take before the test fails
 
@@ -38,7 +38,7 @@ async def _readyz(sidecar) -> tuple[int, dict]:
 
 
 def _paced(daemon: Daemon, api: str) -> float:
-    return daemon.metrics.registry.get_sample_value("sidecar_upstream_paced_calls_total", {"api": api}) or 0.0
+    return sample_value(daemon.metrics, "sidecar_upstream_paced_calls_total", {"api": api}) or 0.0
 
 
 # --- the buckets, on a clock the test moves ---

@@ -86,7 +86,7 @@ class Handler:
         response = self._from_cache(request, kind, key, team, refresh)
         if response is None:
             response = await self._from_aws(request, kind, key, team, refresh)
-        self._metrics.requests.observe(kind, response.status, time.perf_counter() - started)
+        self._metrics.requests.observe(time.perf_counter() - started, kind, response.status)
         return response
 
     def _from_cache(
