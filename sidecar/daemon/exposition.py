@@ -201,7 +201,7 @@ class Process:
                 "counter",
                 "process_cpu_seconds_total",
                 "Total user and system CPU time spent in seconds.",
-                (float(parts[11]) + float(parts[12])) / self._ticks,
+                float(parts[11]) / self._ticks + float(parts[12]) / self._ticks,
             ),
             ("gauge", "process_open_fds", "Number of open file descriptors.", open_fds),
             ("gauge", "process_max_fds", "Maximum number of open file descriptors.", max_fds),
