@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import accumulate
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-QUOTE, ESCAPED_QUOTE = '"', r"\""  # in a label's value
 
 
 def number(value: float) -> str:
@@ -39,9 +38,19 @@ def _escape(text: str) -> str:
     return text.replace("\\", r"\\").replace("\n", r"\n")
 
 
+def _label_value(value: object) -> str:
+    return _escape(str(value)).replace('"', r"\"")
+
+
+def header(name: str, kind: str, help: str) -> Iterator[str]:
+    """A family's two comment lines."""
+    yield f"# HELP {name} {_escape(help)}"
+    yield f"# TYPE {name} {kind}"
+
+
 def sample(name: str, labels: Iterable[tuple[str, object]], value: float) -> str:
     """One line: the name, the labels sorted by name (their values escaped), the value."""
-    pairs = ",".join(f'{key}="{_escape(str(text)).replace(QUOTE, ESCAPED_QUOTE)}"' for key, text in sorted(labels))
+    pairs = ",".join(f'{key}="{_label_value(text)}"' for key, text in sorted(labels))
     return f"{name}{{{pairs}}} {number(value)}" if pairs else f"{name} {number(value)}"
 
 
@@ -61,8 +70,7 @@ class Named:
         return values
 
     def header(self) -> Iterator[str]:
-        yield f"# HELP {self.name}{self.suffix} {_escape(self.help)}"
-        yield f"# TYPE {self.name}{self.suffix} {self.kind}"
+        return header(self.name + self.suffix, self.kind, self.help)
 
 
 class Value:
@@ -206,6 +214,5 @@ class Process:
             ("gauge", "process_open_fds", "Number of open file descriptors.", open_fds),
             ("gauge", "process_max_fds", "Maximum number of open file descriptors.", max_fds),
         ):
-            yield f"# HELP {name} {help}"
-            yield f"# TYPE {name} {kind}"
+            yield from header(name, kind, help)
             yield sample(name, (), value)

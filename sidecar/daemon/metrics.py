@@ -127,4 +127,4 @@ class CacheLookups(Named):
     def lines(self) -> Iterator[str]:
         yield from self.header()
         for result, count in self.counts.items():
-            yield sample("sidecar_cache_lookups_total", [("result", result)], count)
+            yield sample(self.name + self.suffix, [("result", result)], count)
